@@ -1,0 +1,7 @@
+"""prodml: take a Keras model from features to a served endpoint with one YAML file."""
+
+from prodml.core.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "hookimpl"]

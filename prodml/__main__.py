@@ -1,0 +1,3 @@
+from prodml.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""The four roles a prodml pipeline is made of, and the values they exchange.
+
+fetch  -> :class:`DataSource`   features + label as a pandas DataFrame, no leakage
+train  -> :class:`Trainer`      the user's Keras code -> a model bundle directory
+export -> :class:`ModelStore`   bundle -> an immutable, versioned copy in object storage
+serve  -> :class:`ModelServer`  stored version -> an HTTP endpoint (KServe V1/V2)
+
+A fifth role, :class:`Runner`, maps the configured stages onto a way of executing them
+(in-process, kfp.local, a Kubeflow cluster).
+
+Each implementation is constructed with its own validated pydantic config object
+(``Implementation(config)``) and must not import heavy SDKs at module import time.
+Optional operations raise ``NotImplementedError`` naming the class.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from prodml.core.config import ProdmlConfig
+
+Role = Literal["source", "trainer", "store", "server", "runner"]
+ROLES: tuple[Role, ...] = ("source", "trainer", "store", "server", "runner")
+
+
+class Value(BaseModel):
+    """Base of the frozen value types passed between stages (and written as JSON)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_json(self) -> str:
+        """Serialise as indented JSON."""
+        return self.model_dump_json(indent=2)
+
+    def write(self, path: Path) -> Path:
+        """Write as JSON to ``path`` (atomically) and return it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path):
+        """Read a value written by :meth:`write`."""
+        return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+class DatasetSchema(Value):
+    """What the fetch stage knows about the training frame, recorded in the bundle."""
+
+    feature_names: tuple[str, ...]
+    label: str
+    dtypes: Mapping[str, str] = Field(
+        default_factory=dict, description="numpy dtype name per column (features and label)"
+    )
+    rows: int = 0
+    sha256: str = Field("", description="fingerprint of the frame's content")
+    feature_refs: tuple[str, ...] = Field(
+        (), description="Feast `view:feature` refs the features came from (empty for files)"
+    )
+    entity_keys: tuple[str, ...] = Field(
+        (), description="Feast join keys a serving request may carry instead of features"
+    )
+
+
+class TrainSpec(Value):
+    """What the trainer is told about the task; the user's code sees a subset of it."""
+
+    model_name: str
+    schema_: DatasetSchema = Field(alias="schema")
+    config_digest: str = ""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.schema_.feature_names
+
+    @property
+    def label(self) -> str:
+        return self.schema_.label
+
+
+class TrainResult(Value):
+    """A finished training run: where the bundle is and how well the model did."""
+
+    bundle_dir: Path
+    metrics: Mapping[str, float] = Field(default_factory=dict)
+    epochs: int = 0
+
+
+class ModelRef(Value):
+    """One immutable model version in a store."""
+
+    model_name: str
+    version: str
+    store_type: str
+    uri: str = Field(description="storage URI of the version folder (s3://, https://, file://)")
+    digest: str = Field("", description="sha256 of the bundle's MANIFEST.sha256")
+
+
+class ModelVersion(Value):
+    """An entry of :meth:`ModelStore.versions`."""
+
+    version: str
+    created_at: datetime
+    size_bytes: int
+    latest: bool = False
+
+
+class Endpoint(Value):
+    """Where a deployed model answers."""
+
+    url: str
+    protocol: str = Field("v1+v2", description="inference protocols served")
+    model_name: str
+    version: str
+    details: Mapping[str, str] = Field(default_factory=dict)
+
+
+class ServerStatus(Value):
+    """What :meth:`ModelServer.status` reports."""
+
+    model_name: str
+    ready: bool
+    url: str | None = None
+    reason: str = ""
+
+
+class RunSummary(Value):
+    """What a runner reports after running the configured stages."""
+
+    run_id: str
+    runner: str
+    stages: tuple[str, ...]
+    outputs: Mapping[str, str] = Field(default_factory=dict)
+    seconds: Mapping[str, float] = Field(default_factory=dict)
+    endpoint: Endpoint | None = None
+
+
+class DataSource(abc.ABC):
+    """Where training features and labels come from (fetch stage).
+
+    ``training_frame`` returns one row per training example: the feature columns in
+    :attr:`feature_names` order, then the label column. Values must never come from after
+    the example's own timestamp (no leakage from the future).
+    """
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def label(self) -> str:
+        """Name of the label column."""
+
+    @property
+    @abc.abstractmethod
+    def feature_names(self) -> Sequence[str]:
+        """Feature column names, in the order the model receives them."""
+
+    @abc.abstractmethod
+    def training_frame(self) -> pd.DataFrame:
+        """Build the training frame: features (in order) then the label."""
+
+    def schema(self, frame: pd.DataFrame) -> DatasetSchema:
+        """Describe ``frame`` for the bundle metadata (dtypes, rows, content hash)."""
+        from prodml.core.bundle import frame_fingerprint
+
+        return DatasetSchema(
+            feature_names=tuple(self.feature_names),
+            label=self.label,
+            dtypes={c: str(frame[c].dtype) for c in frame.columns},
+            rows=len(frame),
+            sha256=frame_fingerprint(frame),
+            feature_refs=tuple(self.feature_refs),
+            entity_keys=tuple(self.entity_keys),
+        )
+
+    @property
+    def feature_refs(self) -> Sequence[str]:
+        """Feature-store refs of the features (``view:feature``); empty for plain files."""
+        return ()
+
+    @property
+    def entity_keys(self) -> Sequence[str]:
+        """Join keys that identify an entity in the online store; empty for plain files."""
+        return ()
+
+    def online_features(self, entity_rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+        """Read the latest feature values for ``entity_rows`` from an online store."""
+        raise NotImplementedError(f"{type(self).__name__} does not support online_features")
+
+
+class Trainer(abc.ABC):
+    """Runs the user's model code on a training frame and writes a model bundle."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def train(self, frame: pd.DataFrame, spec: TrainSpec, out_dir: Path) -> TrainResult:
+        """Train on ``frame`` and write a complete, verified bundle to ``out_dir``.
+
+        ``out_dir`` must not exist; it appears (atomically) only when the bundle is whole.
+        """
+
+
+class ModelStore(abc.ABC):
+    """Keeps immutable, versioned model bundles.
+
+    Layout: ``<prefix>/<model>/versions/<version>/...`` plus ``<prefix>/<model>/latest``,
+    a pointer written only after every file of the version is stored and verified.
+    """
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def push(self, bundle_dir: Path, model_name: str) -> ModelRef:
+        """Store ``bundle_dir`` as a new version of ``model_name`` and make it latest."""
+
+    @abc.abstractmethod
+    def pull(self, ref: ModelRef, dest: Path) -> Path:
+        """Download ``ref`` into ``dest``, verify it against its manifest, return the path."""
+
+    @abc.abstractmethod
+    def resolve(self, model_name: str, version: str = "latest") -> ModelRef:
+        """Turn ``"latest"`` or a version id into a :class:`ModelRef` (StoreError if none)."""
+
+    @abc.abstractmethod
+    def versions(self, model_name: str) -> list[ModelVersion]:
+        """All versions of ``model_name``, newest first."""
+
+    @abc.abstractmethod
+    def uri(self, ref: ModelRef) -> str:
+        """The storage URI of the version that a KServe predictor can read."""
+
+
+class ModelServer(abc.ABC):
+    """Puts a stored model version behind an HTTP endpoint."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def deploy(self, ref: ModelRef, store: ModelStore) -> Endpoint:
+        """Serve ``ref`` (fetched from ``store``); return once it answers requests."""
+
+    @abc.abstractmethod
+    def status(self, model_name: str) -> ServerStatus:
+        """Whether ``model_name`` is deployed and ready."""
+
+    @abc.abstractmethod
+    def undeploy(self, model_name: str) -> None:
+        """Stop serving ``model_name``."""
+
+
+class Runner(abc.ABC):
+    """Executes the configured stages (in-process, through kfp.local, on a cluster)."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def run(self, config: ProdmlConfig, *, start_at: str | None = None) -> RunSummary:
+        """Run ``config.stages`` (from ``start_at`` when resuming) and summarise."""
+
+    def compile(self, config: ProdmlConfig, output: Path) -> Path:
+        """Write the pipeline definition for ``config`` to ``output``."""
+        raise NotImplementedError(f"{type(self).__name__} does not support compile")
