@@ -256,8 +256,13 @@ class ModelServer(abc.ABC):
         self.config = config
 
     @abc.abstractmethod
-    def deploy(self, ref: ModelRef, store: ModelStore) -> Endpoint:
-        """Serve ``ref`` (fetched from ``store``); return once it answers requests."""
+    def deploy(self, ref: ModelRef, store: ModelStore, source: DataSource | None = None) -> Endpoint:
+        """Serve ``ref`` (fetched from ``store``); return once it answers requests.
+
+        ``source`` is the pipeline's data source; servers that look features up at
+        inference time (entity keys in, features from an online store) use its
+        :meth:`DataSource.online_features`.
+        """
 
     @abc.abstractmethod
     def status(self, model_name: str) -> ServerStatus:
