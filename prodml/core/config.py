@@ -141,24 +141,24 @@ class ConfigBase(BaseModel):
     def _check_stages(self) -> ConfigBase:
         stages = list(self.stages)
         if not stages:
-            raise ValueError("stages is empty; list at least one of fetch, train, export, serve")
+            raise ValueError("stages: is empty; list at least one of fetch, train, export, serve")
         if len(set(stages)) != len(stages):
-            raise ValueError(f"stages lists a stage twice: {stages}")
+            raise ValueError(f"stages: lists a stage twice: {stages}")
         positions = [STAGES.index(s) for s in stages]
         if positions != sorted(positions):
-            raise ValueError(f"stages {stages} are out of order; the order is {list(STAGES)}")
+            raise ValueError(f"stages: stages {stages} are out of order; the order is {list(STAGES)}")
         for before, after in itertools.pairwise(positions):
             if after != before + 1:
                 gap = STAGES[before + 1 : after]
                 raise ValueError(
-                    f"stage {STAGES[after]!r} needs {', '.join(map(repr, gap))} before it "
+                    f"stages: stage {STAGES[after]!r} needs {', '.join(map(repr, gap))} before it "
                     f"(stages {stages} skip it); the order is {list(STAGES)}"
                 )
         for stage in stages:
             for role in STAGE_ROLES[stage]:
                 if getattr(self, role, None) is None:
                     raise ValueError(
-                        f"stage {stage!r} needs a `{role}:` section (or remove {stage!r} from stages)"
+                        f"stages: stage {stage!r} needs a `{role}:` section (or remove {stage!r} from stages)"
                     )
         return self
 

@@ -1,0 +1,1 @@
+"""prodml-hello: a data source that makes a small deterministic frame."""

@@ -1,0 +1,107 @@
+"""The CLI's contract: exit codes, output, no tracebacks, and a fast start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parent.parent
+HEAVY = ("tensorflow", "keras", "feast", "kfp", "kserve", "boto3", "botocore", "azure", "torch")
+
+
+def prodml(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "prodml", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def heavy_modules_after(argv: list[str]) -> list[str]:
+    """Run prodml's main in a fresh interpreter and list heavy SDKs it imported."""
+    code = (
+        "import sys, json\n"
+        "from prodml.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_help_imports_no_heavy_sdk() -> None:
+    assert heavy_modules_after(["--help"]) == []
+
+
+def test_validate_and_plugins_import_no_heavy_sdk() -> None:
+    assert heavy_modules_after(["plugins"]) == []
+    assert heavy_modules_after(["validate", "-c", "config/local.yaml"]) == []
+
+
+def test_version() -> None:
+    from prodml import __version__
+
+    out = prodml("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"prodml {__version__}"
+
+
+def test_validate_ok_prints_summary_with_secrets_masked(tmp_path: Path) -> None:
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"
+    (tmp_path / "c.yaml").write_text(
+        "project: demo\n"
+        "source: {type: csv, path: data.csv, label: y}\n"
+        "store: {type: s3, bucket: models, access_key_id: AKIDEXAMPLE, secret_access_key: \"${env:T_SECRET}\"}\n"
+        "stages: [fetch]\n"
+    )
+    out = prodml("validate", "-c", str(tmp_path / "c.yaml"), env={"T_SECRET": secret})
+    assert out.returncode == 0, out.stderr
+    assert "valid" in out.stdout.splitlines()[0]
+    assert "source   csv" in out.stdout
+    assert str(tmp_path / "data.csv") in out.stdout
+    assert secret not in out.stdout + out.stderr
+    assert "**********" in out.stdout
+
+
+def test_validate_bad_config_exit_2_no_traceback(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("project: demo\nsource: {type: cvs, path: d.csv, label: y}\nstages: [fetch]\n")
+    out = prodml("validate", "-c", str(tmp_path / "c.yaml"))
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr.startswith("error: source type 'cvs' is not installed")
+    assert "did you mean 'csv'?" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_validate_missing_file_exit_2() -> None:
+    out = prodml("validate", "-c", "nope/none.yaml")
+    assert out.returncode == 2
+    assert "config file not found (nope/none.yaml)" in out.stderr
+
+
+def test_plugins_lists_every_role_with_its_distribution() -> None:
+    out = prodml("plugins")
+    assert out.returncode == 0, out.stderr
+    roles = [line.rstrip(":") for line in out.stdout.splitlines() if not line.startswith(" ")]
+    assert roles == ["source", "trainer", "store", "server", "runner"]
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith("  ")]
+    assert ["csv", "prodml"] == rows[0][:2]
+
+
+def test_no_command_prints_help() -> None:
+    out = prodml()
+    assert out.returncode == 0
+    assert "validate" in out.stdout and "compile" in out.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "compile", "serve", "predict", "models", "k8s", "init"])
+def test_every_command_has_help(command: str) -> None:
+    out = prodml(command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "usage: prodml" in out.stdout
