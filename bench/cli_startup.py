@@ -26,7 +26,13 @@ def main() -> None:
         "python -c pass (baseline)": [sys.executable, "-c", "pass"],
         "prodml --help": [sys.executable, "-m", "prodml", "--help"],
         "prodml validate -c config/local.yaml": [
-            sys.executable, "-m", "prodml", "validate", "-c", "config/local.yaml"],
+            sys.executable,
+            "-m",
+            "prodml",
+            "validate",
+            "-c",
+            "config/local.yaml",
+        ],
         "prodml plugins": [sys.executable, "-m", "prodml", "plugins"],
     }
     times: dict[str, list[float]] = {name: [] for name in commands}

@@ -38,8 +38,16 @@ def bundle(tmp_path: Path) -> Path:
 def test_manifest_is_sha256sum_format_and_verifies(bundle: Path) -> None:
     lines = (bundle / MANIFEST).read_text().splitlines()
     names = [line.split("  ", 1)[1] for line in lines]
-    assert names == sorted(names) == ["model.keras", "prodml.json", "saved_model/1/saved_model.pb",
-                                      "saved_model/1/variables/variables.index"]
+    assert (
+        names
+        == sorted(names)
+        == [
+            "model.keras",
+            "prodml.json",
+            "saved_model/1/saved_model.pb",
+            "saved_model/1/variables/variables.index",
+        ]
+    )
     assert lines[0].split("  ")[0] == sha256_file(bundle / "model.keras")
     assert verify_bundle(bundle) == read_manifest(bundle)
 

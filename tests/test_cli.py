@@ -15,8 +15,13 @@ HEAVY = ("tensorflow", "keras", "feast", "kfp", "kserve", "boto3", "botocore", "
 
 
 def prodml(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "prodml", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "prodml", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
 
 
 def heavy_modules_after(argv: list[str]) -> list[str]:
@@ -57,7 +62,8 @@ def test_validate_ok_prints_summary_with_secrets_masked(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(
         "project: demo\n"
         "source: {type: csv, path: data.csv, label: y}\n"
-        "store: {type: s3, bucket: models, access_key_id: AKIDEXAMPLE, secret_access_key: \"${env:T_SECRET}\"}\n"
+        "store: {type: s3, bucket: models, access_key_id: AKIDEXAMPLE,\n"
+        '  secret_access_key: "${env:T_SECRET}"}\n'
         "stages: [fetch]\n"
     )
     out = prodml("validate", "-c", str(tmp_path / "c.yaml"), env={"T_SECRET": secret})
@@ -70,7 +76,9 @@ def test_validate_ok_prints_summary_with_secrets_masked(tmp_path: Path) -> None:
 
 
 def test_validate_bad_config_exit_2_no_traceback(tmp_path: Path) -> None:
-    (tmp_path / "c.yaml").write_text("project: demo\nsource: {type: cvs, path: d.csv, label: y}\nstages: [fetch]\n")
+    (tmp_path / "c.yaml").write_text(
+        "project: demo\nsource: {type: cvs, path: d.csv, label: y}\nstages: [fetch]\n"
+    )
     out = prodml("validate", "-c", str(tmp_path / "c.yaml"))
     assert out.returncode == 2
     assert out.stdout == ""
@@ -91,7 +99,7 @@ def test_plugins_lists_every_role_with_its_distribution() -> None:
     roles = [line.rstrip(":") for line in out.stdout.splitlines() if not line.startswith(" ")]
     assert roles == ["source", "trainer", "store", "server", "runner"]
     rows = [line.split() for line in out.stdout.splitlines() if line.startswith("  ")]
-    assert ["csv", "prodml"] == rows[0][:2]
+    assert rows[0][:2] == ["csv", "prodml"]
 
 
 def test_no_command_prints_help() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from pydantic import ConfigDict
 
 from prodml import hookimpl
 from prodml.core.config import PluginConfig, load_config_dict
@@ -25,22 +26,34 @@ def hello_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """prodml-hello installed for real (pip, with its .dist-info) into a site folder."""
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(HERE / "plugin_pkg")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(HERE / "plugin_pkg"),
+        ],
         check=True,
     )
     assert list(target.glob("prodml_hello-*.dist-info"))
     return target
 
 
-def run_prodml(args: list[str], site: Path | None, env_extra: dict[str, str] | None = None,
-               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_prodml(
+    args: list[str], site: Path | None, env_extra: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != AUTOLOAD_ENV}
     if site:
         env["PYTHONPATH"] = str(site)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "prodml", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "prodml", *args], capture_output=True, text=True, env=env, cwd=cwd
+    )
 
 
 def test_builtins_are_registered_through_the_prodml_entry_point_group() -> None:
@@ -72,11 +85,16 @@ def test_installed_plugin_is_listed_and_selected_by_config(hello_site: Path, tmp
     assert "source   hello" in ok.stdout
 
     frame = subprocess.run(
-        [sys.executable, "-c",
-         "from prodml.core.config import load_config; from prodml.core.plugins import default_registry;"
-         f"c = load_config({str(tmp_path / 'p.yaml')!r});"
-         "print(len(default_registry().create('source', c.source).training_frame()))"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(hello_site), AUTOLOAD_ENV: ""},
+        [
+            sys.executable,
+            "-c",
+            "from prodml.core.config import load_config; from prodml.core.plugins import default_registry;"
+            f"c = load_config({str(tmp_path / 'p.yaml')!r});"
+            "print(len(default_registry().create('source', c.source).training_frame()))",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(hello_site), AUTOLOAD_ENV: ""},
     )
     assert frame.stdout.strip() == "5", frame.stderr
 
@@ -115,7 +133,7 @@ def test_duplicate_type_names_both_providers() -> None:
 class _LooseConfig(PluginConfig):
     """Allows anything (wrong)."""
 
-    model_config = {"extra": "allow"}
+    model_config = ConfigDict(extra="allow")
     type: Literal["loose"]
 
 
@@ -126,7 +144,9 @@ class _Loose:
 
 
 def test_plugin_config_must_forbid_extra_keys() -> None:
-    with pytest.raises(PluginError, match="must declare `type: Literal\\['loose'\\]` and model_config extra='forbid'"):
+    with pytest.raises(
+        PluginError, match="must declare `type: Literal\\['loose'\\]` and model_config extra='forbid'"
+    ):
         Registry(autoload=False, builtins=False, plugins={"loose": _Loose()})
 
 
@@ -143,8 +163,16 @@ class _NeedsStore(ModelStore):  # abstract on purpose: never built
 class _Needy:
     @hookimpl
     def prodml_backends(self):
-        return [Backend("store", "needy", _NeedsConfig, _NeedsStore,
-                        requires=("prodml_surely_missing_sdk",), extra="needy")]
+        return [
+            Backend(
+                "store",
+                "needy",
+                _NeedsConfig,
+                _NeedsStore,
+                requires=("prodml_surely_missing_sdk",),
+                extra="needy",
+            )
+        ]
 
 
 def test_missing_optional_dependency_names_the_extra(tmp_path: Path) -> None:
@@ -158,6 +186,11 @@ def test_missing_optional_dependency_names_the_extra(tmp_path: Path) -> None:
 
 def test_unknown_role_type_lists_choices_from_this_registry(tmp_path: Path) -> None:
     registry = Registry(autoload=False, builtins=False, plugins={"needy": _Needy()})
-    with pytest.raises(ConfigError, match="store type 'ned' is not installed; installed: needy — did you mean 'needy'"):
-        load_config_dict({"project": "x", "store": {"type": "ned"}, "stages": ["export"]},
-                         base_dir=tmp_path, registry=registry)
+    with pytest.raises(
+        ConfigError, match="store type 'ned' is not installed; installed: needy — did you mean 'needy'"
+    ):
+        load_config_dict(
+            {"project": "x", "store": {"type": "ned"}, "stages": ["export"]},
+            base_dir=tmp_path,
+            registry=registry,
+        )
