@@ -36,7 +36,8 @@ from prodml.core.interfaces import ROLES, Role
 from prodml.core.logs import register_secret
 from prodml.core.plugins import Registry, default_registry
 
-STAGES: tuple[str, ...] = ("fetch", "train", "export", "serve")
+StageName = Literal["fetch", "train", "export", "serve"]
+STAGES: tuple[StageName, ...] = ("fetch", "train", "export", "serve")
 #: the role each stage needs (serve also needs the store it reads from)
 STAGE_ROLES: dict[str, tuple[Role, ...]] = {
     "fetch": ("source",),
@@ -131,7 +132,7 @@ class ConfigBase(BaseModel):
         pattern=PROJECT_PATTERN,
         description="name of the project; the default model name (lowercase letters, digits, '-')",
     )
-    stages: tuple[Literal["fetch", "train", "export", "serve"], ...] = Field(
+    stages: tuple[StageName, ...] = Field(
         STAGES, description="stages to run, in order: a contiguous part of fetch, train, export, serve"
     )
     _source_file: Path | None = PrivateAttr(None)
@@ -422,7 +423,7 @@ def _allowed_keys(loc: tuple[Any, ...], data: Mapping[str, Any], registry: Regis
         section = data.get(loc[0])
         if isinstance(section, Mapping):
             try:
-                cls = registry.get(loc[0], section.get("type")).backend.config
+                cls = registry.get(loc[0], str(section.get("type"))).backend.config
             except ConfigError:
                 return []
             return list(cls.model_fields)

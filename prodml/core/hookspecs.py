@@ -45,3 +45,4 @@ def prodml_backends() -> list[Backend]:
             return [Backend(role="source", type="parquet",
                             config=ParquetSourceConfig, implementation=ParquetSource)]
     """
+    raise NotImplementedError  # a specification: plugins implement it

@@ -7,6 +7,7 @@ every entry point of the ``prodml`` group is loaded.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import importlib.util
 import os
@@ -59,8 +60,8 @@ class Backend:
 
     role: Role
     type: str
-    config: type[BaseModel]
-    implementation: type
+    config: builtins.type[BaseModel]
+    implementation: builtins.type
     requires: tuple[str, ...] = ()
     extra: str | None = None
     description: str = ""
@@ -135,7 +136,8 @@ class Registry:
                 dist = BUILTIN_DISTRIBUTION
             else:
                 dist = dists.get(id(impl.plugin), f"plugin {impl.plugin_name!r}")
-            for backend in impl.function() or ():
+            provided: list[Backend] = impl.function() or []
+            for backend in provided:
                 self._check(backend, impl.plugin_name)
                 entry = InstalledBackend(backend, impl.plugin_name, dist)
                 previous = found[backend.role].get(backend.type)

@@ -78,7 +78,7 @@ def default_text(field: FieldInfo) -> str:
     return f"`{value!r}`".replace("|", "\\|")
 
 
-def field_rows(model: type[BaseModel], *, skip: set[str] = frozenset()) -> list[str]:
+def field_rows(model: type[BaseModel], *, skip: frozenset[str] = frozenset()) -> list[str]:
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
         if name in skip:
@@ -105,7 +105,7 @@ def generate(registry: Registry | None = None) -> str:
             doc = inspect.getdoc(backend.config) or ""
             extra = f" Needs `pip install 'prodml[{backend.extra}]'`." if backend.extra else ""
             out += [f"### `{role}: {{type: {name}}}`", "", f"{doc}{extra}".strip(), ""]
-            out += field_rows(backend.config, skip={"type"})
+            out += field_rows(backend.config, skip=frozenset({"type"}))
             out.append("")
     return "\n".join(out).rstrip() + "\n"
 
