@@ -136,7 +136,7 @@ class Registry:
                 dist = BUILTIN_DISTRIBUTION
             else:
                 dist = dists.get(id(impl.plugin), f"plugin {impl.plugin_name!r}")
-            provided: list[Backend] = impl.function() or []
+            provided: list[Backend] = impl.function() or []  # type: ignore[assignment]
             for backend in provided:
                 self._check(backend, impl.plugin_name)
                 entry = InstalledBackend(backend, impl.plugin_name, dist)
