@@ -1,33 +1,378 @@
-"""The ``kfp-local`` and ``kfp`` runners."""
+"""The ``kfp-local`` and ``kfp`` runners: the stages as a Kubeflow Pipelines v2 pipeline.
+
+Both build the same pipeline (:mod:`prodml.runner._pipeline`): one lightweight Python
+component per stage, the dataset and the bundle passed as KFP ``Dataset``/``Model``
+artifacts, the config as a secret-free JSON parameter.
+
+* ``kfp-local`` executes it with ``kfp.local`` and ``SubprocessRunner(use_venv=False)``:
+  every step runs in a subprocess of this interpreter's environment, exactly as the
+  compiled component would run in its pod. Artifacts land in the run folder
+  ``<work_dir>/runs/<run-id>/kfp/``.
+* ``kfp`` compiles it and submits it with ``kfp.Client`` to ``runner.host``; ``--wait``
+  follows the run, printing each step's state.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from prodml import hookimpl
-from prodml.core.config import PluginConfig
-from prodml.core.interfaces import Runner
+from prodml.core.errors import RunnerError
+from prodml.core.interfaces import Endpoint, Runner, RunSummary
 from prodml.core.plugins import Backend
+from prodml.runner._config import RunnerSettings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from prodml.core.config import ProdmlConfig
+    from prodml.core.plugins import Registry
+
+log = logging.getLogger(__name__)
+
+#: KFP run states after which a run will not change any more.
+FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"})
+POLL_SECONDS = 5.0
 
 
-class KfpLocalRunnerConfig(PluginConfig):
-    """Config of the ``kfp-local`` runner."""
+class KfpLocalRunnerConfig(RunnerSettings):
+    """Run the stages as the Kubeflow pipeline, executed on this machine by kfp.local."""
 
     type: Literal["kfp-local"]
 
 
-class KfpRunnerConfig(PluginConfig):
-    """Config of the ``kfp`` runner."""
+class KfpRunnerConfig(RunnerSettings):
+    """Submit the stages as a Kubeflow pipeline to a Kubeflow Pipelines cluster (runner.host)."""
 
     type: Literal["kfp"]
 
 
+def compile_pipeline(config: ProdmlConfig, output: Path) -> Path:
+    """Write the cluster pipeline YAML of ``config`` (``prodml compile``)."""
+    from prodml.runner._pipeline import compile_pipeline as _compile
+
+    return _compile(config, output, for_cluster=True)
+
+
+@contextmanager
+def _step_secrets(config: ProdmlConfig) -> Iterator[None]:
+    """Hand the config's secrets to kfp.local's step subprocesses through their environment."""
+    from prodml.runner._step import SECRETS_ENV, secret_items
+
+    items = [(path, value) for path, value in secret_items(config) if path[:1] != ["runner"]]
+    previous = os.environ.get(SECRETS_ENV)
+    if items:
+        os.environ[SECRETS_ENV] = json.dumps(items)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(SECRETS_ENV, None)
+        else:
+            os.environ[SECRETS_ENV] = previous
+
+
+def _task_outputs(run_root: Path) -> dict[str, dict[str, Any]]:
+    """{task name: executor output} of the (single) pipeline run under ``run_root``."""
+    found: dict[str, dict[str, Any]] = {}
+    for output in run_root.glob("*/*/executor_output.json"):
+        found[output.parent.name] = json.loads(output.read_text(encoding="utf-8"))
+    return found
+
+
 class KfpLocalRunner(Runner):
-    """The pipeline executed by kfp.local."""
+    """The pipeline executed by kfp.local in subprocesses of this environment."""
+
+    config: KfpLocalRunnerConfig
+
+    def __init__(self, config: KfpLocalRunnerConfig, *, stream: TextIO | None = None) -> None:
+        super().__init__(config)
+        self.stream = stream
+
+    @property
+    def out(self) -> TextIO:
+        return self.stream or sys.stdout
+
+    def compile(self, config: ProdmlConfig, output: Path) -> Path:
+        """Write the cluster pipeline YAML (the same pipeline this runner executes locally)."""
+        return compile_pipeline(config, output)
+
+    def run(
+        self,
+        config: ProdmlConfig,
+        *,
+        start_at: str | None = None,
+        keep_serving: bool = False,
+        registry: Registry | None = None,
+        **_options: Any,
+    ) -> RunSummary:
+        """Execute the pipeline with kfp.local; show the endpoint; stop it unless ``keep_serving``."""
+        from kfp import local
+
+        from prodml.runner._pipeline import build_pipeline, pipeline_config
+        from prodml.runner._report import show_endpoint, stop_server
+        from prodml.runner._runs import RunFolder
+
+        if start_at is not None:
+            raise RunnerError(
+                "--from resumes runs of the local runner; a kfp-local run reuses earlier steps "
+                "through KFP caching instead",
+                hint="turn caching on for the stages to reuse (runner.enable_caching: {fetch: true}), "
+                "or use runner type local",
+            )
+        stages = tuple(config.stages)
+        run = RunFolder.create(
+            self.config.work_dir, runner=self.config.type, project=config.project, stages=stages
+        )
+        run.record["config_digest"] = config.digest()
+        pipeline_root = run.root / "kfp"
+        config_json = json.dumps(pipeline_config(config, for_cluster=False), sort_keys=True)
+        pipeline = build_pipeline(config, config_json)
+        print(
+            f"prodml run {config.project}: {' -> '.join(stages)} (kfp-local runner)\n"
+            f"  run {run.run_id}, pipeline root {pipeline_root}",
+            file=self.out,
+            flush=True,
+        )
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=str(pipeline_root),
+            workspace_root=str(run.root / "workspace"),
+            raise_on_error=True,
+            enable_caching=True,
+            cache_root=str(Path(self.config.work_dir) / "kfp-cache"),
+        )
+        started = time.perf_counter()
+        try:
+            with _step_secrets(config):
+                pipeline(config_json=config_json)
+        except RuntimeError as exc:
+            run.finish("failed", error=str(exc))
+            failed = [s for s in stages if s not in _task_outputs(pipeline_root)]
+            where = f"the {failed[0]} step" if failed else "a step"
+            raise RunnerError(
+                f"the kfp-local pipeline failed in {where}: {exc}",
+                hint="the step's own error is in its log above",
+            ) from None
+        total = time.perf_counter() - started
+
+        outputs, seconds, endpoint = self._collect(run, pipeline_root, stages)
+        seconds["pipeline"] = round(total, 3)
+        if endpoint is not None:
+            dataset = outputs.get("fetch")
+            show_endpoint(endpoint, Path(dataset) if dataset else None, self.out)
+            if not keep_serving:
+                stop_server(config, endpoint, registry, self.out)
+                run.record["server_stopped"] = True
+        summary = RunSummary(
+            run_id=run.run_id,
+            runner=self.config.type,
+            stages=stages,
+            outputs=outputs,
+            seconds=seconds,
+            endpoint=endpoint,
+        )
+        run.finish("ok", summary=summary.model_dump(mode="json"))
+        print(f"run {run.run_id} done in {total:.1f}s: {run.root / 'run.json'}", file=self.out)
+        return summary
+
+    @staticmethod
+    def _collect(
+        run: Any, pipeline_root: Path, stages: tuple[str, ...]
+    ) -> tuple[dict[str, str], dict[str, float], Endpoint | None]:
+        """Each stage's output (artifact folder or JSON) from the executor outputs on disk."""
+        from prodml.core.interfaces import ModelRef
+
+        tasks = _task_outputs(pipeline_root)
+        outputs: dict[str, str] = {}
+        seconds: dict[str, float] = {}
+        endpoint = None
+        for stage in stages:
+            out = tasks.get(stage, {})
+            if stage in ("fetch", "train"):
+                name = "dataset" if stage == "fetch" else "model"
+                artifact = out["artifacts"][name]["artifacts"][0]
+                outputs[stage] = artifact["uri"]
+                if "seconds" in artifact.get("metadata", {}):
+                    seconds[stage] = float(artifact["metadata"]["seconds"])
+                status = {"status": "ok", "output": artifact["uri"], "result": artifact.get("metadata", {})}
+            else:
+                value = out["parameterValues"]["Output"]
+                target = run.modelref_json if stage == "export" else run.endpoint_json
+                target.write_text(value + "\n", encoding="utf-8")
+                outputs[stage] = str(target)
+                if stage == "export":
+                    ModelRef.model_validate_json(value)
+                else:
+                    endpoint = Endpoint.model_validate_json(value)
+                status = {"status": "ok", "output": str(target), "result": json.loads(value)}
+            run.record["stages"][stage] = status
+        run.save()
+        return outputs, seconds, endpoint
+
+
+def client_arguments(settings: RunnerSettings) -> dict[str, Any]:
+    """Keyword arguments for ``kfp.Client`` from the runner config."""
+    host = settings.host or os.environ.get("KF_PIPELINES_ENDPOINT")
+    if not host:
+        raise RunnerError(
+            "runner type kfp needs the Kubeflow Pipelines API address",
+            hint="set runner.host (e.g. http://localhost:8888 after "
+            "`kubectl port-forward -n kubeflow svc/ml-pipeline 8888:8888`) or KF_PIPELINES_ENDPOINT",
+        )
+    kwargs: dict[str, Any] = {"host": host}
+    if settings.namespace:
+        kwargs["namespace"] = settings.namespace
+    if settings.token is not None:
+        kwargs["existing_token"] = settings.token.get_secret_value()
+    return kwargs
+
+
+def submission_arguments(config: ProdmlConfig, package: Path, *, now: float | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``Client.create_run_from_pipeline_package``.
+
+    Caching is decided per task in the compiled pipeline (runner.enable_caching), so the
+    run-level ``enable_caching`` is left unset; the config parameter is the compiled default.
+    """
+    import datetime as dt
+
+    settings: RunnerSettings = config.runner  # type: ignore[attr-defined]
+    stamp = dt.datetime.fromtimestamp(now if now is not None else time.time(), dt.UTC)
+    kwargs: dict[str, Any] = {
+        "pipeline_file": str(package),
+        "arguments": {},
+        "run_name": settings.run_name or f"{config.project}-{stamp:%Y%m%d-%H%M%S}",
+        "experiment_name": settings.experiment or config.project,
+    }
+    if settings.namespace:
+        kwargs["namespace"] = settings.namespace
+    if settings.service_account:
+        kwargs["service_account"] = settings.service_account
+    return kwargs
+
+
+def _unreachable(host: str, exc: BaseException) -> RunnerError:
+    reason = str(getattr(exc, "reason", "") or exc).splitlines()[0][:200]
+    return RunnerError(
+        f"cannot reach Kubeflow Pipelines at {host}: {reason}",
+        hint="check runner.host and that the API is reachable "
+        "(kubectl port-forward -n kubeflow svc/ml-pipeline 8888:8888)",
+    )
+
+
+def _state(value: Any) -> str:
+    return str(value or "PENDING").upper()
 
 
 class KfpRunner(Runner):
-    """The pipeline submitted to a Kubeflow Pipelines cluster."""
+    """The pipeline submitted to a Kubeflow Pipelines cluster with kfp.Client."""
+
+    config: KfpRunnerConfig
+
+    def __init__(self, config: KfpRunnerConfig, *, stream: TextIO | None = None) -> None:
+        super().__init__(config)
+        self.stream = stream
+
+    @property
+    def out(self) -> TextIO:
+        return self.stream or sys.stdout
+
+    def compile(self, config: ProdmlConfig, output: Path) -> Path:
+        """Write the pipeline YAML a Kubeflow Pipelines UI accepts."""
+        return compile_pipeline(config, output)
+
+    def client(self) -> Any:
+        """A ``kfp.Client`` for ``runner.host`` (nothing is sent until it is used)."""
+        import warnings
+
+        from kfp import Client
+
+        kwargs = client_arguments(self.config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2.0.0-beta.2 and later"
+            try:
+                return Client(**kwargs)
+            except Exception as exc:
+                raise _unreachable(kwargs["host"], exc) from None
+
+    def run(
+        self,
+        config: ProdmlConfig,
+        *,
+        start_at: str | None = None,
+        wait: bool = False,
+        **_options: Any,
+    ) -> RunSummary:
+        """Compile, submit, and with ``wait`` follow the run to its end."""
+        import tempfile
+
+        if start_at is not None:
+            raise RunnerError(
+                "--from resumes runs of the local runner; on Kubeflow, KFP caching reuses steps",
+                hint="turn caching on for the stages to reuse: runner.enable_caching",
+            )
+        host = client_arguments(self.config)["host"]
+        client = self.client()
+        with tempfile.TemporaryDirectory(prefix="prodml-kfp-") as tmp:
+            package = compile_pipeline(config, Path(tmp) / "pipeline.yaml")
+            kwargs = submission_arguments(config, package)
+            try:
+                result = client.create_run_from_pipeline_package(**kwargs)
+            except Exception as exc:
+                raise _unreachable(host, exc) from None
+        run_id = result.run_id
+        print(
+            f"submitted {kwargs['run_name']} to {host} (experiment {kwargs['experiment_name']})\n"
+            f"  run {run_id}: {host.rstrip('/')}/#/runs/details/{run_id}",
+            file=self.out,
+        )
+        seconds: dict[str, float] = {}
+        if wait:
+            started = time.monotonic()
+            state = self.follow(client, run_id, host)
+            seconds["pipeline"] = round(time.monotonic() - started, 3)
+            if state != "SUCCEEDED":
+                raise RunnerError(
+                    f"KFP run {run_id} ended {state}",
+                    hint=f"see the failed step's logs: {host.rstrip('/')}/#/runs/details/{run_id}",
+                )
+        return RunSummary(
+            run_id=run_id, runner=self.config.type, stages=tuple(config.stages), seconds=seconds
+        )
+
+    def follow(self, client: Any, run_id: str, host: str) -> str:
+        """Poll the run until it ends, printing each step's state as it changes; return the run state."""
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + self.config.timeout
+        while True:
+            try:
+                run = client.get_run(run_id)
+            except Exception as exc:
+                raise _unreachable(host, exc) from None
+            details = getattr(run, "run_details", None)
+            for task in getattr(details, "task_details", None) or []:
+                name = task.display_name or task.task_id
+                state = _state(task.state)
+                if seen.get(name) != state:
+                    seen[name] = state
+                    print(f"  {name:<24} {state}", file=self.out, flush=True)
+            state = _state(run.state)
+            if state in FINAL_STATES:
+                print(f"run {run_id}: {state}", file=self.out)
+                return state
+            if time.monotonic() > deadline:
+                raise RunnerError(
+                    f"KFP run {run_id} still {state} after {self.config.timeout:.0f}s",
+                    hint="it keeps running on the cluster; raise runner.timeout to wait longer",
+                )
+            time.sleep(POLL_SECONDS)
 
 
 @hookimpl
@@ -40,7 +385,7 @@ def prodml_backends() -> list[Backend]:
             KfpLocalRunner,
             requires=("kfp",),
             extra="kfp",
-            description="the KFP pipeline, run by kfp.local",
+            description="the Kubeflow pipeline, executed here by kfp.local",
         ),
         Backend(
             "runner",
@@ -49,6 +394,6 @@ def prodml_backends() -> list[Backend]:
             KfpRunner,
             requires=("kfp",),
             extra="kfp",
-            description="the KFP pipeline on a Kubeflow cluster",
+            description="the Kubeflow pipeline, submitted to a Kubeflow Pipelines cluster",
         ),
     ]

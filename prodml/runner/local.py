@@ -1,23 +1,257 @@
-"""The ``local`` runner backend."""
+"""The ``local`` runner: the configured stages in this process, one after the other.
+
+Each run gets a folder ``<runner.work_dir>/runs/<run-id>/`` (work_dir defaults to
+``.prodml`` next to the config file) holding every stage's output and ``run.json``;
+``prodml run --from STAGE`` resumes the latest (or ``--run-id``) run, reusing the outputs of
+the stages before STAGE.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from prodml import hookimpl
-from prodml.core.config import PluginConfig
-from prodml.core.interfaces import Runner
+from prodml.core.config import STAGES
+from prodml.core.errors import ProdmlError, RunnerError
+from prodml.core.interfaces import Endpoint, Runner, RunSummary
 from prodml.core.plugins import Backend
+from prodml.runner._config import RunnerSettings
+
+if TYPE_CHECKING:
+    from prodml.core.config import ProdmlConfig
+    from prodml.core.plugins import Registry
+    from prodml.runner._runs import RunFolder
+
+log = logging.getLogger(__name__)
 
 
-class LocalRunnerConfig(PluginConfig):
-    """Config of the ``local`` runner."""
+class LocalRunnerConfig(RunnerSettings):
+    """Run the stages in this process, one after the other, with a progress line per stage."""
 
     type: Literal["local"]
 
 
+def resume_command(config: ProdmlConfig, stage: str) -> str:
+    """The command that resumes a failed run at ``stage``."""
+    file = config.source_file
+    shown = str(file) if file is not None else "FILE"
+    with contextlib.suppress(ValueError):  # outside the current directory: keep it absolute
+        shown = str(Path(shown).relative_to(Path.cwd()))
+    return f"prodml run -c {shown} --from {stage}"
+
+
+def check_start(config: ProdmlConfig, start_at: str | None) -> None:
+    """Check that ``--from`` names one of the configured stages."""
+    if start_at is not None and start_at not in config.stages:
+        valid = ", ".join(config.stages)
+        raise RunnerError(
+            f"--from {start_at}: not one of the configured stages ({valid})",
+            hint=f"--from takes one of: {valid}",
+        )
+
+
 class LocalRunner(Runner):
-    """in-process, stage by stage."""
+    """In-process, stage by stage, with a run folder and resume."""
+
+    config: LocalRunnerConfig
+
+    def __init__(self, config: LocalRunnerConfig, *, stream: TextIO | None = None) -> None:
+        super().__init__(config)
+        self.stream = stream
+
+    @property
+    def out(self) -> TextIO:
+        return self.stream or sys.stdout
+
+    def run(
+        self,
+        config: ProdmlConfig,
+        *,
+        start_at: str | None = None,
+        run_id: str | None = None,
+        keep_serving: bool = False,
+        registry: Registry | None = None,
+        **_options: Any,
+    ) -> RunSummary:
+        """Run ``config.stages`` in order (from ``start_at`` when resuming a run).
+
+        Args:
+            config: the loaded config.
+            start_at: resume the latest run (or ``run_id``) from this stage.
+            run_id: the run to resume (default: the latest).
+            keep_serving: leave the model server of the serve stage running.
+            registry: where plugins come from (default: the process-wide registry).
+
+        Raises:
+            RunnerError: a stage failed (the message says how to resume), or ``start_at``
+                cannot be resumed from.
+        """
+        from prodml.runner._report import Progress, show_endpoint, stop_server
+        from prodml.runner._runs import RunFolder
+
+        check_start(config, start_at)
+        if run_id is not None and start_at is None:
+            raise RunnerError("--run-id selects a run to resume; give --from STAGE as well")
+        work_dir = self.config.work_dir
+        stages = tuple(config.stages)
+        inputs: dict[str, str] = {}
+        if start_at is not None:
+            run = RunFolder.open(work_dir, run_id)
+            run.check_resumable(start_at, stages)
+            inputs = dict(run.record.get("inputs", {}))
+            run.record.setdefault("resumed", []).append({"from": start_at, "at": time.time()})
+            run.record["status"] = "running"
+            run.save()
+        else:
+            inputs = self._earlier_inputs(stages)
+            run = RunFolder.create(work_dir, runner=self.config.type, project=config.project, stages=stages)
+            run.record["inputs"] = inputs
+            run.record["config_digest"] = config.digest()
+            if config.source_file is not None:
+                run.record["config_file"] = str(config.source_file)
+            run.save()
+
+        progress = Progress(len(stages), self.out)
+        progress.header(
+            f"prodml run {config.project}: {' -> '.join(stages)} ({self.config.type} runner)\n"
+            f"  run {run.run_id} in {run.root}"
+        )
+        seconds: dict[str, float] = {}
+        outputs: dict[str, str] = {}
+        endpoint: Endpoint | None = None
+        for stage in stages:
+            outputs[stage] = str(run.output_of(stage))
+            if start_at is not None and STAGES.index(stage) < STAGES.index(start_at):
+                progress.reused(stage, run.output_of(stage))
+                continue
+            result = self._run_stage(stage, config, run, inputs, progress, registry)
+            seconds[stage] = run.record["stages"][stage]["seconds"]
+            if stage == "serve":
+                endpoint = result
+
+        dataset_dir = run.dataset_dir if run.dataset_dir.is_dir() else None
+        if dataset_dir is None and "fetch" in inputs:
+            dataset_dir = Path(inputs["fetch"])
+        if endpoint is not None:
+            show_endpoint(endpoint, dataset_dir, self.out)
+            if not keep_serving:
+                stop_server(config, endpoint, registry, self.out)
+                run.record["server_stopped"] = True
+        summary = RunSummary(
+            run_id=run.run_id,
+            runner=self.config.type,
+            stages=stages,
+            outputs=outputs,
+            seconds=seconds,
+            endpoint=endpoint,
+        )
+        run.finish("ok", summary=summary.model_dump(mode="json"))
+        print(f"run {run.run_id} done: {run.root / 'run.json'}", file=self.out)
+        return summary
+
+    def _earlier_inputs(self, stages: tuple[str, ...]) -> dict[str, str]:
+        """Inputs of a config whose stages start after fetch: the latest run's outputs.
+
+        ``stages: [train, export, serve]`` retrains on the dataset the latest run fetched;
+        ``[export, serve]`` exports its bundle. ``[serve]`` needs no run: it serves the
+        store's version.
+        """
+        from prodml.runner._runs import RunFolder
+
+        first = stages[0]
+        if first in ("fetch", "serve"):
+            return {}
+        needed = STAGES[STAGES.index(first) - 1]
+        try:
+            earlier = RunFolder.open(self.config.work_dir)
+        except RunnerError:
+            earlier = None
+        if earlier is None or not earlier.has_output(needed):
+            raise RunnerError(
+                f"stages start at {first!r}, which needs the {needed} output of an earlier run, "
+                f"and there is none in {Path(self.config.work_dir) / 'runs'}",
+                hint=f"add {needed!r} to stages, or run a config that includes it first",
+            )
+        return {needed: str(earlier.output_of(needed))}
+
+    def _input_of(self, stage: str, run: RunFolder, inputs: dict[str, str]) -> Path | None:
+        if stage == "fetch":
+            return None
+        previous = STAGES[STAGES.index(stage) - 1]
+        if previous in inputs:
+            return Path(inputs[previous])
+        if previous in run.record.get("stages", {}):
+            return run.output_of(previous)
+        return None  # serve without export: the store's version
+
+    def _run_stage(
+        self,
+        stage: str,
+        config: ProdmlConfig,
+        run: RunFolder,
+        inputs: dict[str, str],
+        progress: Any,
+        registry: Registry | None,
+    ) -> Any:
+        from prodml.runner import stages as st
+
+        source = self._input_of(stage, run, inputs)
+        retries = self.config.retries_of(stage)
+        progress.start(stage)
+        run.mark(stage, "running")
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            st.remove_output(run.output_of(stage))
+            try:
+                if stage == "fetch":
+                    result = st.fetch(config, run.dataset_dir, registry=registry)
+                elif stage == "train":
+                    result = st.train(config, source, run.bundle_dir, registry=registry)  # type: ignore[arg-type]
+                elif stage == "export":
+                    result = st.export(config, source, run.root, registry=registry)  # type: ignore[arg-type]
+                else:
+                    result = st.serve(config, source, run.root, registry=registry)
+                break
+            except KeyboardInterrupt:
+                run.mark(stage, "failed", error="interrupted", seconds=time.perf_counter() - started)
+                run.finish("failed")
+                raise
+            except Exception as exc:
+                if attempt < retries:
+                    attempt += 1
+                    log.debug("stage %s failed, retrying", stage, exc_info=True)
+                    progress.retry(stage, attempt, retries, exc)
+                    continue
+                elapsed = time.perf_counter() - started
+                log.debug("stage %s failed", stage, exc_info=True)
+                progress.failed(stage, elapsed, exc)
+                run.mark(stage, "failed", error=str(exc), seconds=round(elapsed, 3), attempts=attempt + 1)
+                run.finish("failed", failed_stage=stage)
+                resume = resume_command(config, stage)
+                if isinstance(exc, ProdmlError):
+                    print(f"  resume after fixing it: {resume}", file=self.out)
+                    raise
+                raise RunnerError(
+                    f"stage {stage!r} failed: {type(exc).__name__}: {exc}",
+                    hint=f"fix the cause (prodml -vv run ... shows the traceback), then: {resume}",
+                ) from exc
+        elapsed = time.perf_counter() - started
+        progress.done(stage, elapsed, result)
+        run.mark(
+            stage,
+            "ok",
+            seconds=round(elapsed, 3),
+            attempts=attempt + 1,
+            output=str(run.output_of(stage)),
+            result=result.model_dump(mode="json"),
+        )
+        return result
 
 
 @hookimpl
@@ -30,6 +264,6 @@ def prodml_backends() -> list[Backend]:
             LocalRunner,
             requires=(),
             extra=None,
-            description="in-process, stage by stage",
+            description="in-process, stage by stage, with resume (--from)",
         )
     ]

@@ -1,0 +1,111 @@
+"""What a runner shows the user: one line per stage, the endpoint, a sample prediction."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from prodml.core.interfaces import DatasetSchema, Endpoint, ModelRef, TrainResult
+
+if TYPE_CHECKING:
+    from prodml.core.config import ProdmlConfig
+    from prodml.core.plugins import Registry
+
+SAMPLE_ROWS = 3
+
+
+def describe(result: Any) -> str:
+    """A one-line summary of a stage's result for the progress display."""
+    if isinstance(result, DatasetSchema):
+        return f"{result.rows} rows x {len(result.feature_names)} features, label {result.label!r}"
+    if isinstance(result, TrainResult):
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in list(result.metrics.items())[:4])
+        return f"{result.epochs} epochs" + (f", {shown}" if shown else "")
+    if isinstance(result, ModelRef):
+        return f"{result.model_name} version {result.version} -> {result.uri}"
+    if isinstance(result, Endpoint):
+        return f"{result.model_name} at {result.url} ({result.protocol})"
+    return str(result)
+
+
+class Progress:
+    """Per-stage progress lines: ``[2/4] train ... ok 5.2s  20 epochs, loss 0.012``."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.stream = stream or sys.stdout
+        self.index = 0
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def header(self, text: str) -> None:
+        self._print(text)
+
+    def start(self, stage: str) -> None:
+        self.index += 1
+        self._print(f"[{self.index}/{self.total}] {stage} ...")
+
+    def done(self, stage: str, seconds: float, result: Any) -> None:
+        self._print(f"[{self.index}/{self.total}] {stage:<6} ok      {seconds:6.1f}s  {describe(result)}")
+
+    def reused(self, stage: str, where: Path) -> None:
+        self.index += 1
+        self._print(f"[{self.index}/{self.total}] {stage:<6} reused          {where}")
+
+    def retry(self, stage: str, attempt: int, retries: int, error: BaseException) -> None:
+        self._print(f"[{self.index}/{self.total}] {stage:<6} failed, retry {attempt}/{retries}: {error}")
+
+    def failed(self, stage: str, seconds: float, error: BaseException) -> None:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self._print(f"[{self.index}/{self.total}] {stage:<6} FAILED  {seconds:6.1f}s  {first}")
+
+
+def sample_instances(dataset_dir: Path, rows: int = SAMPLE_ROWS) -> list[list[float]] | None:
+    """The first ``rows`` feature rows of a fetched dataset, as request instances."""
+    from prodml.runner.stages import DATASET_FILE, SCHEMA_FILE
+
+    data, schema_file = Path(dataset_dir) / DATASET_FILE, Path(dataset_dir) / SCHEMA_FILE
+    if not (data.is_file() and schema_file.is_file()):
+        return None
+    import pandas as pd
+
+    schema = DatasetSchema.read(schema_file)
+    frame = pd.read_parquet(data, columns=list(schema.feature_names)).head(rows)
+    return frame.astype("float64").to_numpy().tolist()
+
+
+def show_endpoint(endpoint: Endpoint, dataset_dir: Path | None, out: TextIO | None = None) -> Any:
+    """Print where the model answers and its answer to the first rows of the dataset.
+
+    Returns the response (or None when no sample could be sent); a failed request is
+    reported, not raised: the run itself succeeded.
+    """
+    out = out or sys.stdout
+    print(f"endpoint: {endpoint.url}  model {endpoint.model_name} version {endpoint.version}", file=out)
+    instances = sample_instances(dataset_dir) if dataset_dir is not None else None
+    if not instances:
+        return None
+    try:
+        from prodml.plugins.servers.client import predict
+
+        response = predict(endpoint.url, endpoint.model_name, instances, protocol="v1")
+    except Exception as exc:  # the run succeeded; a failed sample is information, not an error
+        print(f"sample prediction failed: {exc}", file=out)
+        return None
+    predictions = response.get("predictions", response) if isinstance(response, dict) else response
+    print(f"sample prediction for the first {len(instances)} rows: {predictions}", file=out)
+    return response
+
+
+def stop_server(
+    config: ProdmlConfig, endpoint: Endpoint, registry: Registry | None, out: TextIO | None = None
+) -> None:
+    """Undeploy the model the serve stage started (the run's end without --keep-serving)."""
+    from prodml.core.plugins import default_registry
+
+    out = out or sys.stdout
+    server = (registry or default_registry()).create("server", config.server)  # type: ignore[arg-type]
+    server.undeploy(endpoint.model_name)
+    print(f"server stopped (run with --keep-serving to leave {endpoint.model_name} running)", file=out)

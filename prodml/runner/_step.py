@@ -1,0 +1,129 @@
+"""The inside of a KFP step: rebuild the config from its pipeline parameter, run one stage.
+
+The pipeline carries the config as JSON with every secret removed. A step gets credentials
+the way the backend's SDK does without prodml (environment variables set from a Kubernetes
+Secret on a cluster). Under ``kfp-local`` the runner also hands the config's own secrets to
+its step subprocesses through the environment variable :data:`SECRETS_ENV` (never on disk),
+so a local pipeline behaves exactly like the ``local`` runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, SecretStr
+
+if TYPE_CHECKING:
+    from prodml.core.config import ProdmlConfig
+
+SECRETS_ENV = "PRODML_STEP_SECRETS"
+
+
+def secret_items(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[list[Any], str]]:
+    """Every secret of a config as ``(path of keys, plain value)``."""
+    found: list[tuple[list[Any], str]] = []
+    if isinstance(value, SecretStr):
+        found.append((list(path), value.get_secret_value()))
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            found += secret_items(getattr(value, name), (*path, name))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            found += secret_items(item, (*path, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found += secret_items(item, (*path, index))
+    return found
+
+
+def _put(data: Any, path: list[Any], value: str) -> None:
+    for key in path[:-1]:
+        data = data[key]
+    data[path[-1]] = value
+
+
+def step_config(config_json: str) -> ProdmlConfig:
+    """The config of a pipeline step: the JSON parameter plus secrets from the environment."""
+    from prodml.core.config import load_config_dict
+
+    data = json.loads(config_json)
+    secrets = os.environ.get(SECRETS_ENV)
+    if secrets:
+        for path, value in json.loads(secrets):
+            try:
+                _put(data, path, value)
+            except (KeyError, IndexError, TypeError):
+                continue  # the section is not in this config (a different pipeline's secrets)
+    return load_config_dict(data, base_dir=Path.cwd())
+
+
+def _report(stage: str, started: float, result: Any) -> None:
+    from prodml.runner._report import describe
+
+    print(f"prodml {stage}: ok {time.perf_counter() - started:.1f}s  {describe(result)}", flush=True)
+
+
+def run_fetch(config_json: str, dataset_path: str) -> dict[str, Any]:
+    """fetch into the Dataset artifact's folder; return metadata for the artifact."""
+    from prodml.runner import stages
+
+    started = time.perf_counter()
+    schema = stages.fetch(step_config(config_json), Path(dataset_path))
+    _report("fetch", started, schema)
+    return {
+        "rows": schema.rows,
+        "features": list(schema.feature_names),
+        "label": schema.label,
+        "sha256": schema.sha256,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def run_train(config_json: str, dataset_path: str, model_path: str) -> dict[str, Any]:
+    """train into the Model artifact's folder (the bundle); return metadata for the artifact."""
+    from prodml.runner import stages
+
+    started = time.perf_counter()
+    result = stages.train(step_config(config_json), Path(dataset_path), Path(model_path))
+    _report("train", started, result)
+    return {
+        "framework": "keras",
+        "epochs": result.epochs,
+        **{k: float(v) for k, v in result.metrics.items()},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def run_export(config_json: str, model_path: str) -> str:
+    """export the bundle to the store; return the ModelRef as JSON."""
+    import tempfile
+
+    from prodml.runner import stages
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="prodml-export-") as out:
+        ref = stages.export(step_config(config_json), Path(model_path), Path(out))
+    _report("export", started, ref)
+    return ref.model_dump_json()
+
+
+def run_serve(config_json: str, modelref_json: str) -> str:
+    """serve the exported version (or the store's, when ``modelref_json`` is empty); return the Endpoint."""
+    import tempfile
+
+    from prodml.runner import stages
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="prodml-serve-") as out:
+        ref_file = None
+        if modelref_json:
+            ref_file = Path(out) / stages.MODELREF_FILE
+            ref_file.write_text(modelref_json, encoding="utf-8")
+        endpoint = stages.serve(step_config(config_json), ref_file, Path(out))
+    _report("serve", started, endpoint)
+    return endpoint.model_dump_json()
