@@ -405,6 +405,7 @@ def find_custom_code(config: Any) -> list[str]:
             if cls == "Lambda":
                 name = (node.get("config") or {}).get("name", "?")
                 found.append(f"Lambda layer {name!r}")
+                return  # its function is part of the layer, not a second finding
             elif cls == "__lambda__":
                 found.append("a Python lambda function")
             elif (
