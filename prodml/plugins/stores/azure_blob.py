@@ -1,23 +1,366 @@
-"""The ``azure_blob`` store backend."""
+"""The ``azure_blob`` store: Azure Blob Storage (and the Azurite emulator).
+
+Files are block blobs written create-only (``If-None-Match: *`` on the single put and on
+the block-list commit); every request body carries a transactional MD5 the service checks,
+and big files go up as blocks staged in parallel. A killed push leaves only uncommitted
+blocks, which are invisible to readers and which Azure discards after seven days.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import base64
+import contextlib
+import logging
+import re
+import urllib.parse
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
 
 from prodml import hookimpl
 from prodml.core.config import PluginConfig
-from prodml.core.interfaces import ModelStore
+from prodml.core.errors import ConfigError
+from prodml.core.logs import register_secret
 from prodml.core.plugins import Backend
+from prodml.plugins.stores._base import (
+    ObjectInfo,
+    ObjectStore,
+    VersionExists,
+    md5_file_range,
+    run_parallel,
+    store_error,
+)
+from prodml.plugins.stores._progress import TransferProgress
+
+log = logging.getLogger("prodml.stores.azure_blob")
+MB = 1 << 20
+#: Azure allows at most this many blocks per blob
+MAX_BLOCKS = 50_000
 
 
 class AzureBlobStoreConfig(PluginConfig):
-    """Config of the ``azure_blob`` store."""
+    """An Azure Blob Storage container (or one in the Azurite emulator).
+
+    Authenticate with ``connection_string``, or with ``account_url`` plus ``credential``
+    (an account key or a SAS token); with ``account_url`` alone, azure-identity's
+    DefaultAzureCredential is used when it is installed.
+    """
 
     type: Literal["azure_blob"]
+    container: str = Field(min_length=3, max_length=63, description="container holding the model versions")
+    prefix: str = Field("", description="blob name prefix inside the container, e.g. `models`")
+    connection_string: SecretStr | None = Field(
+        None, description="storage account connection string (e.g. ${env:AZURE_STORAGE_CONNECTION_STRING})"
+    )
+    account_url: str | None = Field(
+        None,
+        description="account endpoint, e.g. https://<account>.blob.core.windows.net (instead of a "
+        "connection string)",
+    )
+    credential: SecretStr | None = Field(
+        None, description="account key or SAS token for account_url (e.g. ${env:AZURE_STORAGE_KEY})"
+    )
+    create_container: bool = Field(
+        False, description="create the container on first push when it does not exist"
+    )
+    max_concurrency: int = Field(8, ge=1, le=64, description="parallel requests per transfer")
+    block_size_mb: int = Field(8, ge=1, le=4000, description="block size (MiB) for big files")
+    single_put_mb: int = Field(
+        16, ge=1, le=5000, description="files smaller than this (MiB) are sent in one request"
+    )
+    max_attempts: int = Field(
+        5, ge=1, le=20, description="attempts per request (5xx, throttling, connection)"
+    )
+    connect_timeout: float = Field(10, gt=0, description="seconds to wait for a connection")
+    read_timeout: float = Field(60, gt=0, description="seconds to wait for a response")
+    stale_upload_seconds: float = Field(
+        3600,
+        ge=0,
+        description="a push removes incomplete versions (no manifest) of the same model older than this",
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_connect(self) -> AzureBlobStoreConfig:
+        if self.connection_string is None and not self.account_url:
+            raise ValueError("set connection_string, or account_url (with credential: an account key or SAS)")
+        if self.connection_string is not None and (self.account_url or self.credential is not None):
+            raise ValueError("set either connection_string or account_url + credential, not both")
+        if self.prefix.startswith("/"):
+            raise ValueError("prefix must not start with '/'")
+        return self
 
 
-class AzureBlobStore(ModelStore):
+def _is_sas(credential: str) -> bool:
+    return "sig=" in credential
+
+
+def _register_azure_secrets(config: AzureBlobStoreConfig) -> None:
+    """Mask the key and SAS signature inside connection strings and tokens, also URL-encoded."""
+    values: list[str] = []
+    if config.connection_string is not None:
+        for part in config.connection_string.get_secret_value().split(";"):
+            name, _, value = part.partition("=")
+            if name.strip().lower() in ("accountkey", "sharedaccesssignature"):
+                values.append(value)
+    if config.credential is not None:
+        values.append(config.credential.get_secret_value())
+    for value in list(values):
+        query = urllib.parse.parse_qs(value.lstrip("?"))
+        values += query.get("sig", [])
+    for value in values:
+        for form in {value, urllib.parse.quote(value, safe=""), urllib.parse.unquote(value)}:
+            register_secret(form)
+
+
+def account_name_from_url(url: str) -> str | None:
+    """``acct`` from https://acct.blob.core.windows.net or http://127.0.0.1:10000/acct."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if re.fullmatch(r"[\d.]+|localhost|\[.*\]|[0-9a-f:]+", host):
+        segment = parts.path.strip("/").split("/")[0]
+        return segment or None
+    return host.split(".")[0] or None
+
+
+class AzureBlobStore(ObjectStore):
     """Azure Blob Storage."""
+
+    store_type = "azure_blob"
+    config: AzureBlobStoreConfig
+
+    def __init__(self, config: AzureBlobStoreConfig) -> None:
+        super().__init__(config)
+        _register_azure_secrets(config)
+        self.large_file_bytes = config.single_put_mb * MB
+        self._service: Any = None
+        self._container: Any = None
+
+    # -- client ----------------------------------------------------------------------------
+
+    def _build_service(self) -> Any:
+        from azure.storage.blob import BlobServiceClient, ExponentialRetry
+
+        c = self.config
+        options: dict[str, Any] = {
+            # the SDK's default backoff starts at 15 s; a failing server should fail the push
+            # in seconds, a transient 503 still gets retried
+            "retry_policy": ExponentialRetry(
+                initial_backoff=1, increment_base=2, retry_total=c.max_attempts - 1, random_jitter_range=1
+            ),
+            "connection_timeout": c.connect_timeout,
+            "read_timeout": c.read_timeout,
+            "max_single_put_size": c.single_put_mb * MB,
+            "max_block_size": c.block_size_mb * MB,
+            "max_single_get_size": c.single_put_mb * MB,
+            "max_chunk_get_size": c.block_size_mb * MB,
+            "user_agent": "prodml",
+        }
+        if c.connection_string is not None:
+            try:
+                return BlobServiceClient.from_connection_string(
+                    c.connection_string.get_secret_value(), **options
+                )
+            except ValueError:
+                raise ConfigError(
+                    "store.connection_string is not a valid Azure Storage connection string",
+                    hint="copy it from the portal (Access keys), or use account_url + credential",
+                ) from None
+        url = str(c.account_url).rstrip("/")
+        credential: Any
+        if c.credential is None:
+            try:
+                from azure.identity import DefaultAzureCredential
+            except ImportError:
+                raise ConfigError(
+                    "store.account_url is set without a credential, and azure-identity is not installed",
+                    field="store.credential",
+                    hint="set store.credential to an account key or SAS token, or pip install azure-identity",
+                ) from None
+            credential = DefaultAzureCredential()
+        else:
+            secret = c.credential.get_secret_value()
+            if _is_sas(secret):
+                credential = secret.lstrip("?")
+            else:
+                account = account_name_from_url(url)
+                if not account:
+                    raise ConfigError(
+                        f"cannot tell the storage account name from store.account_url {url!r}",
+                        hint="use https://<account>.blob.core.windows.net, or a connection string",
+                    )
+                credential = {"account_name": account, "account_key": secret}
+        return BlobServiceClient(url, credential=credential, **options)
+
+    @property
+    def service(self) -> Any:
+        if self._service is None:
+            self._service = self._build_service()
+        return self._service
+
+    @property
+    def container(self) -> Any:
+        """The ContainerClient, built once per store from the config (never shared)."""
+        if self._container is None:
+            self._container = self.service.get_container_client(self.config.container)
+        return self._container
+
+    def account_url(self) -> str:
+        """The account endpoint without any query string (a SAS never leaves the client)."""
+        parts = urllib.parse.urlsplit(self.service.url)
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+    def describe(self) -> str:
+        return f"azure container {self.config.container!r} at {self.account_url()}"
+
+    def _location(self, key: str) -> str:
+        return f"{self.account_url()}/{self.config.container}/{urllib.parse.quote(key)}"
+
+    # -- errors -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceNotFoundError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+
+        where = self.describe()
+        try:
+            yield
+        except ClientAuthenticationError as exc:
+            raise store_error(
+                f"cannot {action} {where}: access denied "
+                f"({getattr(exc, 'error_code', None) or exc.status_code})",
+                hint="check store.connection_string / store.credential (account key, or SAS expiry and "
+                "permissions)",
+            ) from None
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
+                raise store_error(
+                    f"cannot {action} {where}: the container does not exist",
+                    hint="create it, or set `create_container: true` in the store section",
+                ) from None
+            raise store_error(f"cannot {action} {where}: not found ({exc.error_code})") from None
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise store_error(
+                f"cannot {action} {where}: the service does not answer ({type(exc).__name__})",
+                hint="is the storage endpoint reachable (Azurite running?) and the account URL right?",
+            ) from None
+        except HttpResponseError as exc:
+            status = exc.status_code
+            if status == 403:
+                raise store_error(
+                    f"cannot {action} {where}: access denied ({exc.error_code or status})",
+                    hint="check the credential's permissions (a SAS needs read, write, list, delete)",
+                ) from None
+            detail = f"{status} {exc.error_code or exc.reason or ''}".strip()
+            if status and status >= 500:
+                raise store_error(
+                    f"cannot {action} {where}: the service failed with {detail} after "
+                    f"{self.config.max_attempts} attempts",
+                    hint="the service is overloaded or failing; try again later",
+                ) from None
+            raise store_error(f"cannot {action} {where}: {detail}") from None
+
+    # -- primitives ---------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        if self.config.create_container:
+            with contextlib.suppress(ResourceExistsError):
+                self.container.create_container()
+                log.info("created container %s", self.config.container)
+        # one cheap request first: a wrong key fails here once, not on every block
+        # (listing works with a container SAS, unlike reading container properties)
+        pages = self.container.list_blobs(name_starts_with=self.prefix or None, results_per_page=1).by_page()
+        next(pages, None)
+
+    def _read(self, key: str) -> bytes | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.container.get_blob_client(key).download_blob().readall()
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
+                raise
+            return None
+
+    def _write(self, key: str, data: bytes, *, overwrite: bool) -> None:
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        try:
+            self.container.get_blob_client(key).upload_blob(
+                data, length=len(data), overwrite=overwrite, validate_content=True, max_concurrency=1
+            )
+        except (ResourceExistsError, ResourceModifiedError):
+            if overwrite:
+                raise
+            raise VersionExists(key) from None
+
+    def _put_file(self, key: str, path: Path, size: int, progress: TransferProgress) -> None:
+        data, _ = md5_file_range(path, 0, size)
+        self._write(key, data, overwrite=False)
+        progress.add(size)
+
+    def _put_large_file(
+        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor
+    ) -> None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+        from azure.storage.blob import BlobBlock
+
+        blob = self.container.get_blob_client(key)
+        block_size = max(self.config.block_size_mb * MB, -(-size // MAX_BLOCKS))
+        offsets = list(range(0, size, block_size))
+        # block ids must all have the same length within a blob
+        ids = [base64.b64encode(f"prodml-{i:08d}".encode()).decode() for i in range(len(offsets))]
+
+        def stage(block_id: str, offset: int) -> None:
+            data, _ = md5_file_range(path, offset, min(block_size, size - offset))
+            blob.stage_block(block_id, data, length=len(data), validate_content=True)
+            progress.add(len(data))
+
+        run_parallel(pool, [lambda b=b, o=o: stage(b, o) for b, o in zip(ids, offsets, strict=True)])
+        try:
+            blob.commit_block_list(
+                [BlobBlock(block_id=b) for b in ids], match_condition=MatchConditions.IfMissing
+            )
+        except (ResourceExistsError, ResourceModifiedError):
+            raise VersionExists(key) from None
+
+    def _get_file(
+        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor | None
+    ) -> None:
+        done = [0]
+
+        def hook(current: int, total: int | None) -> None:
+            progress.add(current - done[0])
+            done[0] = current
+
+        concurrency = self.concurrency if pool is not None else 1
+        with open(path, "wb") as fh:
+            stream = self.container.get_blob_client(key).download_blob(
+                max_concurrency=concurrency, progress_hook=hook
+            )
+            stream.readinto(fh)
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for blob in self.container.list_blobs(name_starts_with=prefix):
+            yield ObjectInfo(key=blob.name, size=int(blob.size), modified=blob.last_modified)
+
+    def _delete(self, keys: list[str]) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        for key in keys:
+            with contextlib.suppress(ResourceNotFoundError):
+                self.container.delete_blob(key)
 
 
 @hookimpl
@@ -30,7 +373,7 @@ def prodml_backends() -> list[Backend]:
             AzureBlobStore,
             requires=("azure.storage.blob",),
             extra="azure",
-            description="Azure Blob Storage",
+            description="Azure Blob Storage (or Azurite)",
             aliases=("azure", "blob", "azurite", "abfs"),
         )
     ]

@@ -1,23 +1,194 @@
-"""The ``local`` store backend."""
+"""The ``local`` store: model versions in a folder on this machine (the quickstart default).
+
+A push copies the bundle into a staging folder under the model's folder, verifies the copy
+against its manifest and renames it to ``versions/<version>`` in one step, so a version
+appears whole or not at all; ``latest`` is replaced atomically after that.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from prodml import hookimpl
-from prodml.core.config import PluginConfig
-from prodml.core.interfaces import ModelStore
+from prodml.core.bundle import MANIFEST, verify_bundle
+from prodml.core.config import ConfigPath, PluginConfig
+from prodml.core.errors import BundleError, StoreError
 from prodml.core.plugins import Backend
+from prodml.plugins.stores._base import (
+    ObjectInfo,
+    ObjectStore,
+    VersionExists,
+    join_key,
+)
+from prodml.plugins.stores._progress import TransferProgress
+
+STAGING = ".staging"
+#: staging folders of pushes that were killed are removed after this long
+STALE_STAGING_SECONDS = 3600
 
 
 class LocalStoreConfig(PluginConfig):
-    """Config of the ``local`` store."""
+    """A folder on this machine (or a mounted volume) that keeps model versions."""
 
     type: Literal["local"]
+    root: ConfigPath = Field(
+        description="folder holding <model>/versions/<version>/ and <model>/latest (created on first push)"
+    )
 
 
-class LocalStore(ModelStore):
-    """local filesystem folder."""
+class LocalStore(ObjectStore):
+    """Model versions in a local folder."""
+
+    store_type = "local"
+
+    def __init__(self, config: LocalStoreConfig) -> None:
+        super().__init__(config)
+        self.root = Path(config.root)
+
+    @property
+    def prefix(self) -> str:
+        return ""
+
+    @property
+    def concurrency(self) -> int:
+        return 4
+
+    def describe(self) -> str:
+        return f"local store {self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*key.split("/")) if key else self.root
+
+    def _location(self, key: str) -> str:
+        return self._path(key).resolve().as_uri()
+
+    @contextlib.contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+            raise StoreError(
+                f"cannot {action} {self.describe()}: {exc.strerror or exc}: {exc.filename}",
+                hint="check store.root and the folder's permissions",
+            ) from None
+
+    def _read(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _write(self, key: str, data: bytes, *, overwrite: bool) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # atomic create-only: fails when `path` exists
+                except FileExistsError:
+                    raise VersionExists(key) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _put_file(self, key: str, path: Path, size: int, progress: TransferProgress) -> None:
+        target = self._path(key)
+        if target.exists():
+            raise VersionExists(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        progress.add(size)
+
+    def _get_file(
+        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor | None
+    ) -> None:
+        shutil.copyfile(self._path(key), path)
+        progress.add(size)
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self._path(prefix.rstrip("/"))
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, names in os.walk(base):
+            dirnames[:] = [d for d in dirnames if d != STAGING]
+            for name in names:
+                path = Path(dirpath) / name
+                stat = path.stat()
+                yield ObjectInfo(
+                    key=path.relative_to(self.root).as_posix(),
+                    size=stat.st_size,
+                    modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+                )
+
+    def _delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
+
+    def _cleanup(self, model_name: str) -> None:
+        staging = self._path(join_key(self.model_key(model_name), STAGING))
+        if staging.is_dir():
+            for entry in staging.iterdir():
+                with contextlib.suppress(OSError):
+                    if time.time() - entry.stat().st_mtime > STALE_STAGING_SECONDS:
+                        shutil.rmtree(entry, ignore_errors=True)
+
+    def _upload_version(
+        self,
+        bundle_dir: Path,
+        manifest: dict[str, str],
+        manifest_bytes: bytes,
+        model_name: str,
+        version: str,
+    ) -> None:
+        final = self._path(self.version_key(model_name, version))
+        staging = self._path(
+            join_key(self.model_key(model_name), STAGING, f"{version}-{uuid.uuid4().hex[:8]}")
+        )
+        staging.mkdir(parents=True)
+        try:
+            total = sum((bundle_dir / rel).stat().st_size for rel in manifest)
+            with TransferProgress(f"push {model_name} {version}", total) as progress:
+                for rel in [*manifest, MANIFEST]:
+                    target = staging / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(bundle_dir / rel, target)
+                    progress.add(target.stat().st_size)
+            try:
+                verify_bundle(staging)
+            except BundleError as exc:
+                raise StoreError(
+                    f"the copy in {self.describe()} does not match the bundle: {exc.message}",
+                    hint="the bundle changed during the push, or the disk is failing; push again",
+                ) from None
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                # rename refuses a non-empty target: an existing version is never replaced
+                os.rename(staging, final)
+            except OSError:
+                raise StoreError(
+                    f"version {version} of {model_name!r} already exists in {self.describe()}; "
+                    "stored versions are never overwritten",
+                    hint="push again in a second (version ids carry the time)",
+                ) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 @hookimpl
@@ -30,6 +201,7 @@ def prodml_backends() -> list[Backend]:
             LocalStore,
             requires=(),
             extra=None,
-            description="local filesystem folder",
+            description="a folder on this machine (atomic rename, verified)",
+            aliases=("file", "filesystem", "fs"),
         )
     ]

@@ -1,23 +1,371 @@
-"""The ``s3`` store backend."""
+"""The ``s3`` store: AWS S3, MinIO, SeaweedFS or any S3-compatible object store.
+
+Uploads are create-only (``If-None-Match: *`` on PutObject and CompleteMultipartUpload)
+and carry ``Content-MD5`` on every request, so the server rejects bytes damaged in
+transit; big files go up in parallel multipart parts. botocore's checksum settings are
+pinned to ``when_required`` because boto3 >= 1.36 otherwise adds CRC headers that several
+S3-compatible servers reject.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import base64
+import contextlib
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
 
 from prodml import hookimpl
 from prodml.core.config import PluginConfig
-from prodml.core.interfaces import ModelStore
+from prodml.core.errors import StoreError
+from prodml.core.logs import register_secret
 from prodml.core.plugins import Backend
+from prodml.plugins.stores._base import (
+    ObjectInfo,
+    ObjectStore,
+    VersionExists,
+    md5_file_range,
+    run_parallel,
+    store_error,
+)
+from prodml.plugins.stores._progress import TransferProgress
+
+log = logging.getLogger("prodml.stores.s3")
+MB = 1 << 20
+#: S3 allows at most this many parts per multipart upload
+MAX_PARTS = 10_000
+DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden", "InvalidToken"}
+CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
 
 
 class S3StoreConfig(PluginConfig):
-    """Config of the ``s3`` store."""
+    """An S3 bucket: AWS S3, MinIO, SeaweedFS or any S3-compatible server."""
 
     type: Literal["s3"]
+    bucket: str = Field(min_length=3, max_length=63, description="bucket holding the model versions")
+    prefix: str = Field("", description="key prefix inside the bucket, e.g. `models` (no leading slash)")
+    endpoint_url: str | None = Field(
+        None, description="URL of an S3-compatible server such as MinIO (`http://minio:9000`); empty for AWS"
+    )
+    region: str | None = Field(None, description="region name (AWS; MinIO accepts any, e.g. us-east-1)")
+    access_key_id: SecretStr | None = Field(
+        None, description="access key; when absent, boto3's credential chain (env vars, profile, IAM role)"
+    )
+    secret_access_key: SecretStr | None = Field(None, description="secret key belonging to access_key_id")
+    session_token: SecretStr | None = Field(None, description="session token for temporary credentials")
+    create_bucket: bool = Field(False, description="create the bucket on first push when it does not exist")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="`path` for MinIO and most S3-compatible servers; `virtual` for AWS"
+    )
+    max_concurrency: int = Field(8, ge=1, le=64, description="parallel requests per transfer")
+    multipart_threshold_mb: int = Field(
+        16, ge=5, description="files at least this big (MiB) are sent in parallel multipart parts"
+    )
+    part_size_mb: int = Field(16, ge=5, le=5120, description="multipart part size (MiB)")
+    max_attempts: int = Field(
+        5, ge=1, le=20, description="attempts per request (botocore standard retry mode: 5xx, throttling)"
+    )
+    connect_timeout: float = Field(10, gt=0, description="seconds to wait for a connection")
+    read_timeout: float = Field(60, gt=0, description="seconds to wait for a response")
+    stale_upload_seconds: float = Field(
+        3600,
+        ge=0,
+        description="a push aborts unfinished multipart uploads and removes incomplete versions of the "
+        "same model older than this (left by killed pushes)",
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> S3StoreConfig:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both access_key_id and secret_access_key, or neither (credential chain)")
+        if self.prefix.startswith("/"):
+            raise ValueError("prefix must not start with '/'")
+        return self
 
 
-class S3Store(ModelStore):
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+class S3Store(ObjectStore):
     """S3, MinIO or any S3-compatible store."""
+
+    store_type = "s3"
+    config: S3StoreConfig
+
+    def __init__(self, config: S3StoreConfig) -> None:
+        super().__init__(config)
+        self.large_file_bytes = config.multipart_threshold_mb * MB
+        self._client: Any = None
+
+    def describe(self) -> str:
+        return f"s3 bucket {self.config.bucket!r} at {self.config.endpoint_url or 'AWS S3'}"
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client, built once per store from the config (never shared)."""
+        if self._client is None:
+            self._client = self._build_client()
+        return self._client
+
+    def _build_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        c = self.config
+        session = boto3.session.Session(
+            aws_access_key_id=c.access_key_id.get_secret_value() if c.access_key_id else None,
+            aws_secret_access_key=c.secret_access_key.get_secret_value() if c.secret_access_key else None,
+            aws_session_token=c.session_token.get_secret_value() if c.session_token else None,
+            region_name=c.region,
+        )
+        # credentials from the chain (env, profile) must be masked in wire logs as well
+        credentials = session.get_credentials()
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            for value in (frozen.access_key, frozen.secret_key, frozen.token):
+                register_secret(value)
+        botocore_config = Config(
+            region_name=c.region,
+            retries={"mode": "standard", "max_attempts": c.max_attempts},
+            s3={"addressing_style": c.addressing_style},
+            connect_timeout=c.connect_timeout,
+            read_timeout=c.read_timeout,
+            max_pool_connections=c.max_concurrency + 4,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            user_agent_extra="prodml",
+        )
+        return session.client("s3", endpoint_url=c.endpoint_url or None, config=botocore_config)
+
+    def _location(self, key: str) -> str:
+        return f"s3://{self.config.bucket}/{key}"
+
+    # -- errors ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        where = self.describe()
+        try:
+            yield
+        except ClientError as exc:
+            raise self._client_error(exc, action) from None
+        except (NoCredentialsError, PartialCredentialsError):
+            raise store_error(
+                f"cannot {action} {where}: no S3 credentials found",
+                hint="set store.access_key_id/secret_access_key (e.g. ${env:AWS_ACCESS_KEY_ID}), "
+                "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or an AWS profile",
+            ) from None
+        except (ConnectionError, HTTPClientError) as exc:
+            raise store_error(
+                f"cannot {action} {where}: the server does not answer ({type(exc).__name__})",
+                hint=f"is the S3 server running and is store.endpoint_url right? ({self.config.endpoint_url})"
+                if self.config.endpoint_url
+                else "check the network and store.region",
+            ) from None
+        except BotoCoreError as exc:
+            raise store_error(f"cannot {action} {where}: {exc}") from None
+
+    def _client_error(self, exc: Any, action: str) -> StoreError:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        attempts = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+        where = self.describe()
+        if code in DENIED or status == 403:
+            return store_error(
+                f"cannot {action} {where}: access denied ({code or status})",
+                hint="check store.access_key_id / secret_access_key (or the AWS credential chain) and "
+                "the bucket policy",
+            )
+        if code == "NoSuchBucket" or (status == 404 and exc.operation_name == "HeadBucket"):
+            return store_error(
+                f"cannot {action} {where}: the bucket does not exist",
+                hint="create it, or set `create_bucket: true` in the store section",
+            )
+        if status and status >= 500:
+            return store_error(
+                f"cannot {action} {where}: the server failed with {status} {code} after "
+                f"{attempts + 1} attempts",
+                hint="the server is overloaded or failing; try again later (store.max_attempts sets retries)",
+            )
+        message = error.get("Message") or ""
+        return store_error(f"cannot {action} {where}: {code or status} {message}".rstrip())
+
+    @staticmethod
+    def _code(exc: Any) -> str:
+        error = exc.response.get("Error", {})
+        return str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+
+    # -- primitives ---------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        from botocore.exceptions import ClientError
+
+        c = self.config
+        if c.create_bucket:
+            kwargs: dict[str, Any] = {"Bucket": c.bucket}
+            if c.region and c.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": c.region}
+            try:
+                self.client.create_bucket(**kwargs)
+                log.info("created bucket %s", c.bucket)
+            except ClientError as exc:
+                if self._code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+        # one cheap request first: wrong credentials fail here once, not on every part
+        self.client.head_bucket(Bucket=c.bucket)
+
+    def _read(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.config.bucket, Key=key)
+        except ClientError as exc:
+            if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return response["Body"].read()
+
+    def _write(self, key: str, data: bytes, *, overwrite: bool) -> None:
+        from botocore.exceptions import ClientError
+
+        extra = {} if overwrite else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(
+                Bucket=self.config.bucket,
+                Key=key,
+                Body=data,
+                ContentMD5=_b64(hashlib.md5(data).digest()),
+                **extra,
+            )
+        except ClientError as exc:
+            if not overwrite and self._code(exc) in CONFLICT:
+                raise VersionExists(key) from None
+            raise
+
+    def _put_file(self, key: str, path: Path, size: int, progress: TransferProgress) -> None:
+        data, _ = md5_file_range(path, 0, size)
+        self._write(key, data, overwrite=False)
+        progress.add(size)
+
+    def _part_size(self, size: int) -> int:
+        return max(self.config.part_size_mb * MB, math.ceil(size / MAX_PARTS))
+
+    def _put_large_file(
+        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor
+    ) -> None:
+        from botocore.exceptions import ClientError
+
+        bucket = self.config.bucket
+        part_size = self._part_size(size)
+        upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        try:
+
+            def upload(number: int, offset: int) -> dict[str, Any]:
+                data, md5 = md5_file_range(path, offset, min(part_size, size - offset))
+                response = self.client.upload_part(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                    ContentMD5=_b64(md5),
+                )
+                progress.add(len(data))
+                return {"PartNumber": number, "ETag": response["ETag"]}
+
+            offsets = range(0, size, part_size)
+            parts = run_parallel(
+                pool, [lambda n=n, o=o: upload(n, o) for n, o in enumerate(offsets, start=1)]
+            )
+            try:
+                self.client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    IfNoneMatch="*",
+                )
+            except ClientError as exc:
+                if self._code(exc) in CONFLICT:
+                    raise VersionExists(key) from None
+                raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+    def _get_file(
+        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor | None
+    ) -> None:
+        bucket = self.config.bucket
+        if pool is None or size < self.large_file_bytes:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+            with open(path, "wb") as fh:
+                for chunk in response["Body"].iter_chunks(MB):
+                    fh.write(chunk)
+                    progress.add(len(chunk))
+            return
+        part_size = self._part_size(size)
+        with open(path, "wb") as fh:
+            fh.truncate(size)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+
+            def fetch(offset: int) -> None:
+                end = min(offset + part_size, size) - 1
+                response = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{end}")
+                position = offset
+                for chunk in response["Body"].iter_chunks(MB):
+                    os.pwrite(fd, chunk, position)
+                    position += len(chunk)
+                    progress.add(len(chunk))
+                if position != end + 1:
+                    raise StoreError(f"short read of {self._location(key)}: {position - offset} bytes")
+
+            run_parallel(pool, [lambda o=o: fetch(o) for o in range(0, size, part_size)])
+        finally:
+            os.close(fd)
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix):
+            for item in page.get("Contents", ()):
+                yield ObjectInfo(key=item["Key"], size=int(item["Size"]), modified=item.get("LastModified"))
+
+    def _delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self.client.delete_object(Bucket=self.config.bucket, Key=key)
+
+    def _abort_stale_uploads(self, prefix: str, older_than: datetime) -> None:
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix):
+            for upload in page.get("Uploads", ()):
+                initiated = upload.get("Initiated")
+                if initiated is not None and initiated > older_than:
+                    continue  # may belong to a push running right now
+                log.info("aborting unfinished multipart upload of %s (interrupted push)", upload["Key"])
+                self.client.abort_multipart_upload(
+                    Bucket=self.config.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
 
 
 @hookimpl
