@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
@@ -151,7 +152,10 @@ class KfpLocalRunner(Runner):
         )
         started = time.perf_counter()
         try:
-            with _step_secrets(config):
+            with _step_secrets(config), warnings.catch_warnings():
+                # kfp.local warns that runner.image may not be a Python image; the steps run
+                # in this interpreter's environment, not in the image, by design
+                warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
                 pipeline(config_json=config_json)
         except RuntimeError as exc:
             run.finish("failed", error=str(exc))
@@ -267,6 +271,18 @@ def _unreachable(host: str, exc: BaseException) -> RunnerError:
     )
 
 
+@contextmanager
+def _quiet_retries() -> Iterator[None]:
+    """urllib3 logs a warning per connection retry; the RunnerError raised after says it once."""
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    level = pool_log.level
+    pool_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pool_log.setLevel(level)
+
+
 def _state(value: Any) -> str:
     return str(value or "PENDING").upper()
 
@@ -290,8 +306,6 @@ class KfpRunner(Runner):
 
     def client(self) -> Any:
         """A ``kfp.Client`` for ``runner.host`` (nothing is sent until it is used)."""
-        import warnings
-
         from kfp import Client
 
         kwargs = client_arguments(self.config)
@@ -324,7 +338,8 @@ class KfpRunner(Runner):
             package = compile_pipeline(config, Path(tmp) / "pipeline.yaml")
             kwargs = submission_arguments(config, package)
             try:
-                result = client.create_run_from_pipeline_package(**kwargs)
+                with _quiet_retries():
+                    result = client.create_run_from_pipeline_package(**kwargs)
             except Exception as exc:
                 raise _unreachable(host, exc) from None
         run_id = result.run_id
@@ -353,7 +368,8 @@ class KfpRunner(Runner):
         deadline = time.monotonic() + self.config.timeout
         while True:
             try:
-                run = client.get_run(run_id)
+                with _quiet_retries():
+                    run = client.get_run(run_id)
             except Exception as exc:
                 raise _unreachable(host, exc) from None
             details = getattr(run, "run_details", None)

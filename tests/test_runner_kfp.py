@@ -1,0 +1,310 @@
+"""The KFP pipeline: compiled YAML, secret handling, and the kfp.Client request.
+
+No Kubeflow cluster exists on these machines: a compiled pipeline is checked by parsing it
+with KFP's own protobuf types, and submission is tested as the request the client would
+send (a fake KFP server would prove nothing), plus one real connection to a closed port.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prodml.cli import main
+from prodml.core.config import load_config_dict
+from prodml.core.errors import RunnerError
+from prodml.runner import kfp as kfp_runner
+from prodml.testing.runners import RunnerConformance
+
+pytest.importorskip("kfp")
+
+pytestmark = pytest.mark.kfp
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART_CSV = ROOT / "examples" / "quickstart" / "data" / "train.csv"
+ACCESS_KEY = "AKIAPRODMLTESTKEY01"
+SECRET_KEY = "s3cr3t/Value+ThatMustNotLeak"
+
+
+class TestKfpLocalRunnerConformance(RunnerConformance):
+    @pytest.fixture
+    def backend_config(self, tmp_path: Path) -> dict:
+        return {"type": "kfp-local", "work_dir": str(tmp_path / "work")}
+
+
+class TestKfpRunnerConformance(RunnerConformance):
+    runs_here = False
+
+    @pytest.fixture
+    def backend_config(self) -> dict:
+        return {"type": "kfp", "host": "http://127.0.0.1:9"}
+
+
+def write_config(tmp_path: Path, **changes) -> Path:
+    """A cluster-style config in a project folder ``tmp_path`` (data copied into it)."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "train.csv").write_bytes(QUICKSTART_CSV.read_bytes())
+    (tmp_path / "model.py").write_text("def build_model(spec):\n    raise NotImplementedError\n")
+    config = {
+        "project": "quickstart",
+        "source": {"type": "csv", "path": "data/train.csv", "label": "target"},
+        "trainer": {"type": "keras", "model": "model.py:build_model", "epochs": 2, "seed": 42},
+        "store": {
+            "type": "s3",
+            "bucket": "models",
+            "endpoint_url": "http://minio.minio.svc:9000",
+            "access_key_id": ACCESS_KEY,
+            "secret_access_key": SECRET_KEY,
+        },
+        "server": {"type": "kserve", "mode": "cluster"},
+        "runner": {
+            "type": "kfp",
+            "host": "http://127.0.0.1:9",
+            "image": "registry.example/prodml:test",
+            "project_dir": ".",
+            "credentials_secret": "prodml-s3",
+            "retries": {"train": 2},
+        },
+    }
+    for key, value in changes.items():
+        config[key] = value
+    path = tmp_path / "prodml.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def parse_pipeline(path: Path):
+    """The compiled file as KFP's PipelineSpec, plus the platform (kubernetes) document."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    platform = docs[1] if len(docs) > 1 else {}
+    return spec, platform
+
+
+def stage_order(spec) -> list[str]:
+    """Task names following the dependency chain from the task that depends on nothing."""
+    tasks = spec.root.dag.tasks
+    order = [name for name, task in tasks.items() if not task.dependent_tasks]
+    assert len(order) == 1, f"expected one first task, got {order}"
+    while True:
+        after = [name for name, task in tasks.items() if list(task.dependent_tasks) == [order[-1]]]
+        if not after:
+            return order
+        assert len(after) == 1
+        order.append(after[0])
+
+
+def test_compile_writes_a_pipeline_kfp_parses_with_one_task_per_stage(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path)
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", "-c", str(config), "-o", str(out)]) == 0
+
+    text = out.read_text(encoding="utf-8")
+    assert SECRET_KEY not in text and ACCESS_KEY not in text
+    spec, platform = parse_pipeline(out)
+    assert spec.pipeline_info.name == "prodml-quickstart"
+    assert stage_order(spec) == ["fetch", "train", "export", "serve"]
+    tasks = spec.root.dag.tasks
+    # artifacts pass between the steps: fetch's Dataset into train, train's Model into export
+    assert tasks["train"].inputs.artifacts["dataset"].task_output_artifact.producer_task == "fetch"
+    assert tasks["export"].inputs.artifacts["model"].task_output_artifact.producer_task == "train"
+    assert tasks["serve"].inputs.parameters["modelref"].task_output_parameter.producer_task == "export"
+    assert tasks["train"].retry_policy.max_retry_count == 2
+    assert not tasks["fetch"].caching_options.enable_cache
+    assert tasks["train"].caching_options.enable_cache
+    assert not tasks["serve"].caching_options.enable_cache
+    executors = json.loads(json.dumps(docs_executors(spec)))
+    assert {e["container"]["image"] for e in executors.values()} == {"registry.example/prodml:test"}
+
+    # the config parameter: secret-free, paths rewritten into the image's project folder
+    default = spec.root.input_definitions.parameters["config_json"].default_value.string_value
+    carried = json.loads(default)
+    assert carried["source"]["path"] == "/app/data/train.csv"
+    assert carried["trainer"]["model"] == "/app/model.py:build_model"
+    assert "secret_access_key" not in carried["store"] and "access_key_id" not in carried["store"]
+
+    # credentials reach every step from the Kubernetes Secret named in the config
+    kube = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(kube) == {f"exec-{s}" for s in ("fetch", "train", "export", "serve")}
+    for executor in kube.values():
+        (secret,) = executor["secretAsEnv"]
+        assert secret["secretName"] == "prodml-s3"
+        assert {k["envVar"] for k in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def docs_executors(spec) -> dict:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(spec.deployment_spec)["executors"]
+
+
+def test_compile_has_only_the_configured_stages(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, stages=["fetch", "train"])
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "-c", str(config), "-o", str(out)]) == 0
+    spec, _ = parse_pipeline(out)
+    assert stage_order(spec) == ["fetch", "train"]
+
+
+def test_compile_refuses_a_pipeline_that_would_carry_a_secret(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    # the secret key pasted into a plain (non-secret) field by mistake
+    leaky = write_config(tmp_path)
+    data = yaml.safe_load(leaky.read_text())
+    data["store"]["prefix"] = "models-s3cr3tvalue"
+    data["store"]["secret_access_key"] = "models-s3cr3tvalue"
+    leaky.write_text(yaml.safe_dump(data))
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", "-c", str(leaky), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "refusing to write the pipeline" in err and "store.secret_access_key" in err
+    assert "models-s3cr3tvalue" not in err  # the value itself is never printed
+    assert not out.exists() and not list(tmp_path.glob(".*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("stages", "expected"),
+    [
+        (["fetch", "serve"], "needs 'train', 'export' before it"),
+        (["train", "fetch"], "out of order"),
+        (["fetch", "deploy"], "stages[1]"),
+    ],
+)
+def test_bad_stage_lists_are_config_errors(tmp_path: Path, monkeypatch, capsys, stages, expected) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, stages=stages)
+    assert main(["compile", "-c", str(config), "-o", str(tmp_path / "p.yaml")]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_a_kfp_pipeline_cannot_start_in_the_middle(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, stages=["train", "export", "serve"])
+    assert main(["compile", "-c", str(config), "-o", str(tmp_path / "p.yaml")]) == 1
+    assert "cannot start at 'train'" in capsys.readouterr().err
+
+
+def test_serve_only_pipeline_serves_the_stores_version(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, stages=["serve"])
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "-c", str(config), "-o", str(out)]) == 0
+    spec, _ = parse_pipeline(out)
+    assert stage_order(spec) == ["serve"]
+    modelref = spec.root.dag.tasks["serve"].inputs.parameters["modelref"]
+    assert modelref.runtime_value.constant.string_value == ""
+
+
+# -- kfp.Client: the request, built and checked as a unit -------------------------------------
+
+
+def load(path: Path):
+    return load_config_dict(yaml.safe_load(path.read_text()), base_dir=path.parent)
+
+
+def test_client_arguments_come_from_the_runner_config(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["runner"].update(host="https://kfp.example", namespace="team-a", token="tok-123456")
+    config = load_config_dict(data, base_dir=tmp_path)
+    assert kfp_runner.client_arguments(config.runner) == {
+        "host": "https://kfp.example",
+        "namespace": "team-a",
+        "existing_token": "tok-123456",
+    }
+
+
+def test_client_needs_a_host(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    data = yaml.safe_load(write_config(tmp_path).read_text())
+    del data["runner"]["host"]
+    config = load_config_dict(data, base_dir=tmp_path)
+    with pytest.raises(RunnerError, match=r"runner\.host"):
+        kfp_runner.client_arguments(config.runner)
+    monkeypatch.setenv("KF_PIPELINES_ENDPOINT", "http://from-env:8888")
+    assert kfp_runner.client_arguments(config.runner)["host"] == "http://from-env:8888"
+
+
+def test_submission_request(tmp_path: Path) -> None:
+    data = yaml.safe_load(write_config(tmp_path).read_text())
+    config = load_config_dict(data, base_dir=tmp_path)
+    package = tmp_path / "pipeline.yaml"
+    request = kfp_runner.submission_arguments(config, package, now=0)
+    assert request == {
+        "pipeline_file": str(package),
+        "arguments": {},
+        "run_name": "quickstart-19700101-000000",
+        "experiment_name": "quickstart",
+    }
+    data["runner"].update(
+        experiment="nightly", run_name="retrain-42", namespace="team-a", service_account="pipeline-runner"
+    )
+    request = kfp_runner.submission_arguments(load_config_dict(data, base_dir=tmp_path), package, now=0)
+    assert request["run_name"] == "retrain-42" and request["experiment_name"] == "nightly"
+    assert request["namespace"] == "team-a" and request["service_account"] == "pipeline-runner"
+
+
+def test_unreachable_host_is_named_without_a_traceback(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = yaml.safe_load(write_config(tmp_path).read_text())
+    data["runner"]["host"] = f"http://127.0.0.1:{port}"
+    (tmp_path / "prodml.yaml").write_text(yaml.safe_dump(data))
+    assert main(["run", "-c", str(tmp_path / "prodml.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach Kubeflow Pipelines at http://127.0.0.1:{port}" in err
+    assert "Traceback" not in err and SECRET_KEY not in err
+
+
+def test_follow_prints_each_step_state_until_the_run_ends(tmp_path: Path) -> None:
+    """--wait's loop on the API's run objects (kfp_server_api's own model classes)."""
+    import io
+
+    from kfp_server_api import models
+
+    def run(state: str, tasks: dict[str, str]):
+        details = models.V2beta1RunDetails(
+            task_details=[models.V2beta1PipelineTaskDetail(display_name=n, state=s) for n, s in tasks.items()]
+        )
+        return models.V2beta1Run(run_id="r1", state=state, run_details=details)
+
+    answers = iter(
+        [
+            run("RUNNING", {"fetch": "RUNNING"}),
+            run("RUNNING", {"fetch": "SUCCEEDED", "train": "RUNNING"}),
+            run("FAILED", {"fetch": "SUCCEEDED", "train": "FAILED"}),
+        ]
+    )
+
+    class Answers:
+        def get_run(self, run_id: str):
+            return next(answers)
+
+    data = yaml.safe_load(write_config(tmp_path).read_text())
+    config = load_config_dict(data, base_dir=tmp_path)
+    out = io.StringIO()
+    runner = kfp_runner.KfpRunner(config.runner, stream=out)
+    kfp_runner.POLL_SECONDS, saved = 0.0, kfp_runner.POLL_SECONDS
+    try:
+        assert runner.follow(Answers(), "r1", "http://kfp") == "FAILED"
+    finally:
+        kfp_runner.POLL_SECONDS = saved
+    lines = [line.split() for line in out.getvalue().splitlines()]
+    assert lines == [
+        ["fetch", "RUNNING"],
+        ["fetch", "SUCCEEDED"],
+        ["train", "RUNNING"],
+        ["train", "FAILED"],
+        ["run", "r1:", "FAILED"],
+    ]
