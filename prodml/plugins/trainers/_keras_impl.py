@@ -127,7 +127,8 @@ def train(config: KerasTrainerConfig, frame: pd.DataFrame, spec: TrainSpec, out_
         label_dtype=str(frame[spec.label].dtype),
         outputs=[OUTPUT_NAME],
         metrics=metrics,
-        training_data={"rows": len(frame), "sha256": frame_fingerprint(frame[[*features, spec.label]])},
+        # the whole frame, as DataSource.schema fingerprints it, so the two can be compared
+        training_data={"rows": len(frame), "sha256": frame_fingerprint(frame)},
         feature_refs=list(spec.schema_.feature_refs),
         entity_keys=list(spec.schema_.entity_keys),
         serving_signature=SIGNATURE,
@@ -188,9 +189,10 @@ def training_arrays(frame: pd.DataFrame, features: list[str], label: str) -> tup
                     else "encode categories as numbers (ids or one-hot) in the source, or drop the column"
                 ),
             )
-    x = frame[features].to_numpy(dtype=np.float64)
+    # na_value: pandas' nullable dtypes (Int64, Float64, boolean) hold pd.NA, not NaN
+    x = frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
     y_raw = frame[label]
-    y = y_raw.to_numpy(dtype=np.float64)
+    y = y_raw.to_numpy(dtype=np.float64, na_value=np.nan)
     for role, values, names in (("feature", x, features), ("label", y[:, None], [label])):
         finite = np.isfinite(values)
         if not finite.all():
