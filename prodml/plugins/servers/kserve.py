@@ -1,23 +1,176 @@
-"""The ``kserve`` server backend."""
+"""The ``kserve`` server backend: KServe's ModelServer on this machine, or an InferenceService.
+
+``mode: local`` pulls the model version from the store into a local cache (verified against
+its manifest), starts KServe's Python ModelServer for it in a detached process (it outlives
+the caller, e.g. a kfp.local step) and returns once the model answers; a small state file
+per model name lets ``status``/``undeploy`` work from any process. ``mode: cluster`` renders
+and applies a ``serving.kserve.io/v1beta1`` InferenceService with KServeClient.
+
+This module imports only the standard library and pydantic: kserve, TensorFlow and the
+Kubernetes client are imported by the code paths that use them.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from prodml import hookimpl
-from prodml.core.config import PluginConfig
-from prodml.core.interfaces import ModelServer
+from prodml.core.config import ConfigPath, PluginConfig
+from prodml.core.interfaces import DataSource, Endpoint, ModelRef, ModelServer, ModelStore, ServerStatus
 from prodml.core.plugins import Backend
+
+log = logging.getLogger("prodml.server")
+
+DEFAULT_MAX_REQUEST_BYTES = 4 << 20
 
 
 class KServeServerConfig(PluginConfig):
-    """Config of the ``kserve`` server."""
+    """Serve the model with KServe: its Python ModelServer here, or an InferenceService on a cluster."""
 
     type: Literal["kserve"]
+    mode: Literal["local", "cluster"] = Field(
+        "local",
+        description="`local`: KServe's ModelServer in a process on this machine; "
+        "`cluster`: a KServe InferenceService applied with KServeClient",
+    )
+    model_name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="name the model answers to in URLs (default: the config's `project`)",
+    )
+    version: str = Field("latest", description="model version to serve: `latest` or a version id")
+    host: str = Field("127.0.0.1", description="local mode: address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8080, ge=0, le=65535, description="local mode: HTTP port (0: any free port)")
+    workers: int = Field(
+        1, ge=1, le=64, description="server processes sharing the port (each loads the model once)"
+    )
+    max_request_bytes: int = Field(
+        DEFAULT_MAX_REQUEST_BYTES,
+        ge=1024,
+        description="larger request bodies are refused with 413 before they are read",
+    )
+    max_rows: int = Field(100_000, ge=1, description="most rows (instances) one request may carry")
+    feature_lookup: bool = Field(
+        False,
+        description="accept requests carrying only entity keys and fetch the model's features "
+        "from the source's online store (Feast) with the feature refs recorded at training",
+    )
+    trust_model_code: bool = Field(
+        False,
+        description="load models that need arbitrary Python code (Lambda/custom layers); "
+        "only for code you trust",
+    )
+    access_log: bool = Field(False, description="local mode: log one line per request")
+    start_timeout: float = Field(
+        180, gt=0, description="seconds to wait for the model to become ready before giving up"
+    )
+    state_dir: ConfigPath | None = Field(
+        None,
+        description="local mode: folder for model caches, server logs and pid files "
+        "(default: $XDG_CACHE_HOME/prodml/serving or ~/.cache/prodml/serving)",
+    )
+    # -- cluster mode -----------------------------------------------------------------
+    runtime: Literal["tensorflow", "prodml"] = Field(
+        "tensorflow",
+        description="cluster mode: `tensorflow` serves saved_model/ with KServe's TF-Serving runtime "
+        "(V1 only); `prodml` runs this predictor from `image` (V1+V2, validation, feature lookup)",
+    )
+    protocol: Literal["v1", "v2"] = Field("v1", description="cluster mode: the InferenceService's protocol")
+    image: str | None = Field(
+        None, description="cluster mode, runtime prodml: the serving image built from deploy/Dockerfile"
+    )
+    image_config_path: str | None = Field(
+        None, description="cluster mode, feature lookup: path of this config file inside the image"
+    )
+    namespace: str = Field("default", description="cluster mode: Kubernetes namespace")
+    service_account: str | None = Field(
+        None,
+        description="cluster mode: ServiceAccount of the predictor (default: <model>-storage when "
+        "the store needs credentials)",
+    )
+    secret_name: str | None = Field(
+        None, description="cluster mode: name of the storage Secret (default: <model>-storage)"
+    )
+    storage_endpoint: str | None = Field(
+        None,
+        description="cluster mode: the S3 endpoint as pods reach it (default: store.endpoint_url)",
+    )
+    resources: dict[Literal["requests", "limits"], dict[str, str]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        description="cluster mode: container resources, e.g. {requests: {cpu: 500m, memory: 1Gi}}",
+    )
+    min_replicas: int = Field(1, ge=0, description="cluster mode: fewest predictor replicas")
+    max_replicas: int = Field(1, ge=1, description="cluster mode: most predictor replicas")
+    kube_context: str | None = Field(None, description="cluster mode: kubeconfig context (default: current)")
+    ready_timeout: float = Field(600, gt=0, description="cluster mode: seconds to wait for Ready")
+
+    @field_validator("version")
+    @classmethod
+    def _version_text(cls, value: str) -> str:
+        if not value or "/" in value or value.startswith("."):
+            raise ValueError(f"{value!r} is not a version: use `latest` or an id from `prodml models`")
+        return value
+
+    @model_validator(mode="after")
+    def _replicas(self) -> KServeServerConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
+        return self
+
+    def resolved_state_dir(self) -> Path:
+        """Where local-mode state lives (the same for every process using this config)."""
+        if self.state_dir is not None:
+            return Path(self.state_dir)
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "prodml" / "serving"
 
 
 class KServeServer(ModelServer):
-    """KServe ModelServer (local process) or InferenceService."""
+    """KServe ModelServer (local process) or InferenceService (cluster)."""
+
+    config: KServeServerConfig
+
+    def model_name(self, ref_or_name: ModelRef | str) -> str:
+        """The name the model is served under."""
+        if self.config.model_name:
+            return self.config.model_name
+        return ref_or_name.model_name if isinstance(ref_or_name, ModelRef) else ref_or_name
+
+    def deploy(self, ref: ModelRef, store: ModelStore, source: DataSource | None = None) -> Endpoint:
+        """Serve ``ref``; return once it answers (local) or the InferenceService is Ready."""
+        if self.config.mode == "cluster":
+            from prodml.plugins.servers import _cluster
+
+            return _cluster.deploy(self.config, ref, store, source, self.model_name(ref))
+        from prodml.plugins.servers import _local
+
+        return _local.deploy(self.config, ref, store, source, self.model_name(ref))
+
+    def status(self, model_name: str) -> ServerStatus:
+        """Whether ``model_name`` is deployed and ready."""
+        if self.config.mode == "cluster":
+            from prodml.plugins.servers import _cluster
+
+            return _cluster.status(self.config, self.model_name(model_name))
+        from prodml.plugins.servers import _local
+
+        return _local.status(self.config, self.model_name(model_name))
+
+    def undeploy(self, model_name: str) -> None:
+        """Stop serving ``model_name`` (nothing to do when it is not deployed)."""
+        if self.config.mode == "cluster":
+            from prodml.plugins.servers import _cluster
+
+            _cluster.undeploy(self.config, self.model_name(model_name))
+            return
+        from prodml.plugins.servers import _local
+
+        _local.undeploy(self.config, self.model_name(model_name))
 
 
 @hookimpl
@@ -30,6 +183,43 @@ def prodml_backends() -> list[Backend]:
             KServeServer,
             requires=("kserve",),
             extra="kserve",
-            description="KServe ModelServer (local process) or InferenceService",
+            description="KServe ModelServer (local process, V1+V2) or InferenceService (cluster)",
         )
     ]
+
+
+def source_description(source: Any) -> tuple[dict[str, Any] | None, list[str]]:
+    """How the server process rebuilds ``source``, and the secret values in it.
+
+    The description names the source's classes and holds its config with secrets revealed,
+    so it travels to the server process on stdin only (never argv or disk); the secrets
+    are returned too, for the server process to mask them in its logs.
+    """
+    if source is None:
+        return None, []
+    config = getattr(source, "config", None)
+    if config is None or not hasattr(config, "model_dump"):
+        return None, []
+    from pydantic import BaseModel, SecretStr
+
+    secrets: list[str] = []
+
+    def reveal(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            secrets.append(value.get_secret_value())
+            return value.get_secret_value()
+        if isinstance(value, BaseModel):
+            return {name: reveal(getattr(value, name)) for name in type(value).model_fields}
+        if isinstance(value, dict):
+            return {k: reveal(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [reveal(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return {
+        "implementation": f"{type(source).__module__}:{type(source).__qualname__}",
+        "config_class": f"{type(config).__module__}:{type(config).__qualname__}",
+        "config": reveal(config),
+    }, [s for s in secrets if s]

@@ -1,0 +1,499 @@
+"""The KServe model that serves a prodml bundle, and the server process around it.
+
+Imported only where a server really runs (it imports kserve at module level, because
+:class:`BundleModel` subclasses ``kserve.Model``). Three additions to KServe's own
+ModelServer, each for a promise the plugin makes:
+
+* :class:`BundleModel` loads the bundle in the background; the model (and, through
+  :class:`TruthfulDataPlane`, the server) is not ready until the model is loaded, and a failed
+  load stays not-ready with the reason in the log and in the 503 answer of the readiness
+  endpoints. Inference goes through one compiled TensorFlow concrete function with a fixed
+  ``[None, n_features]`` float32 signature, a whole batch per call.
+* :class:`BodyLimitMiddleware` answers 413 from the ``Content-Length`` header before the
+  body is read (for chunked bodies: as soon as the streamed length passes the limit).
+* Request problems raise :class:`~prodml.plugins.servers._requests.RequestRejected`,
+  answered with its 4xx status and ``{"error": reason}``, logged at INFO without traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from kserve import Model
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from prodml.plugins.servers._requests import InputSpec, Parsed, RequestRejected, V2Input, parse_v1, parse_v2
+
+log = logging.getLogger("prodml.server")
+
+
+class BundleModel(Model):
+    """Serves one prodml bundle (V1 and V2) from a local, verified copy."""
+
+    def __init__(
+        self,
+        name: str,
+        bundle_dir: Path,
+        *,
+        version: str = "",
+        source: Any = None,
+        feature_lookup: bool = False,
+        trust_model_code: bool = False,
+        max_rows: int = 100_000,
+    ) -> None:
+        super().__init__(name)
+        self.bundle_dir = Path(bundle_dir)
+        self.version = version
+        self.source = source
+        self.feature_lookup = feature_lookup
+        self.trust_model_code = trust_model_code
+        self.max_rows = max_rows
+        self.ready = False
+        self.failure: str | None = None
+        self.metadata: Any = None
+        self.spec: InputSpec | None = None
+        self.output_name = "prediction"
+        self.n_outputs = 0
+        self._infer: Callable[[np.ndarray], np.ndarray] | None = None
+        self._load_lock = threading.Lock()
+        self._attempted = False
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Do nothing: readiness comes only from a successful :meth:`load`."""
+
+    def load(self) -> bool:
+        """Verify and load the bundle once; a failure is kept (never retried per request)."""
+        with self._load_lock:
+            if self._attempted:
+                return self.ready
+            self._attempted = True
+            started = time.monotonic()
+            try:
+                self._load()
+            except Exception as exc:
+                self.failure = _describe(exc)
+                log.error("model %r failed to load and stays not ready: %s", self.name, self.failure)
+                return False
+            self.ready = True
+            log.info(
+                "model %r version %s ready in %.1f s (%d features -> %s[%d])",
+                self.name,
+                self.version or "?",
+                time.monotonic() - started,
+                self.spec.n_features if self.spec else 0,
+                self.output_name,
+                self.n_outputs,
+            )
+            return True
+
+    def _load(self) -> None:
+        import tensorflow as tf
+
+        from prodml.core.bundle import verify_bundle
+
+        verify_bundle(self.bundle_dir)  # before any byte of the model is deserialised
+        model, metadata = load_keras_bundle(self.bundle_dir, trust_model_code=self.trust_model_code)
+        names = tuple(metadata.feature_names)
+        if not names:
+            raise ValueError(f"{self.bundle_dir}/prodml.json lists no features")
+        n = len(names)
+        if self.feature_lookup:
+            self._check_source(metadata)
+        concrete = tf.function(
+            lambda x: model(x, training=False),
+            input_signature=[tf.TensorSpec([None, n], tf.float32, name="features")],
+            autograph=False,
+        ).get_concrete_function()
+        # The first call of a concrete function does one-off work; pay it here, not in a request.
+        probe = concrete(tf.zeros([2, n], tf.float32))
+        if isinstance(probe, Mapping | list | tuple):
+            raise ValueError("the model returns several outputs; prodml serves models with one output tensor")
+        if len(probe.shape) != 2 or int(probe.shape[0]) != 2:
+            raise ValueError(f"the model returns shape {probe.shape} for 2 rows; it must return (rows, k)")
+        self.n_outputs = int(probe.shape[1])
+        self.output_name = (metadata.outputs or ["prediction"])[0]
+
+        def infer(matrix: np.ndarray) -> np.ndarray:
+            return concrete(tf.constant(matrix)).numpy()
+
+        self._infer = infer
+        self.metadata = metadata
+        self.spec = InputSpec(
+            feature_names=names,
+            entity_keys=tuple(metadata.entity_keys),
+            feature_lookup=self.feature_lookup,
+            max_rows=self.max_rows,
+        )
+        if not self.version:
+            from prodml.core.bundle import manifest_digest
+
+            self.version = manifest_digest(self.bundle_dir)[:12]
+
+    def _check_source(self, metadata: Any) -> None:
+        """Feature lookup must fetch exactly the features the model was trained on."""
+        if self.source is None:
+            raise ValueError("server.feature_lookup is true but no data source was given to the server")
+        if not metadata.entity_keys or not metadata.feature_refs:
+            raise ValueError(
+                "server.feature_lookup is true but the bundle records no Feast entity keys/feature refs "
+                "(it was trained from a plain file); set server.feature_lookup: false"
+            )
+        refs = list(getattr(self.source, "feature_refs", ()) or ())
+        if refs != list(metadata.feature_refs):
+            raise ValueError(
+                f"the source's feature refs {refs} differ from the ones the model was trained on "
+                f"{list(metadata.feature_refs)}; serve with the source config used for training"
+            )
+
+    # -- metadata ---------------------------------------------------------------------
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        if self.spec is None:
+            return []
+        return [{"name": f, "datatype": "FP32", "shape": [-1]} for f in self.spec.feature_names]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        if self.spec is None:
+            return []
+        return [{"name": self.output_name, "datatype": "FP32", "shape": [-1, self.n_outputs]}]
+
+    # -- inference --------------------------------------------------------------------
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        return payload  # validation happens in predict, where the protocol is known
+
+    async def postprocess(self, result: Any, headers: Any = None, response_headers: Any = None) -> Any:
+        return result
+
+    def validate(self, payload: Any) -> Any:
+        return payload
+
+    async def predict(
+        self, payload: Any, headers: dict[str, str] | None = None, response_headers: Any = None
+    ):
+        spec = self.spec
+        if spec is None or self._infer is None:
+            raise ModelNotReady(self.name, self.failure)
+        if isinstance(payload, InferRequest):
+            parsed = parse_v2([_v2_input(i) for i in payload.inputs], spec)
+            matrix = await self._matrix(parsed)
+            result = self._infer(matrix)
+            # numpy data is serialised once, by InferResponse.to_rest (JSON or binary as asked)
+            out = InferOutput(name=self.output_name, shape=list(result.shape), datatype="FP32", data=result)
+            return InferResponse(
+                response_id=payload.id or uuid.uuid4().hex,
+                model_name=self.name,
+                model_version=self.version,
+                infer_outputs=[out],
+            )
+        if isinstance(payload, bytes | bytearray):
+            # KServe hands over bodies without a JSON content type undecoded
+            try:
+                payload = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise RequestRejected(400, f"the body is not valid JSON: {exc}") from None
+        matrix = await self._matrix(parse_v1(payload, spec))
+        return {"predictions": self._infer(matrix).tolist()}
+
+    async def _matrix(self, parsed: Parsed) -> np.ndarray:
+        if parsed.matrix is not None:
+            return parsed.matrix
+        # Online-store reads block on I/O: keep them off the event loop.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.lookup, parsed.entity_rows or [])
+
+    def lookup(self, entity_rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Fetch the model's features for ``entity_rows`` from the source's online store."""
+        assert self.spec is not None
+        spec = self.spec
+        try:
+            frame = self.source.online_features(list(entity_rows))
+        except Exception as exc:
+            log.warning("online feature lookup failed: %s", _describe(exc))
+            raise RequestRejected(
+                502, f"the online feature store could not be read: {_describe(exc)}"
+            ) from None
+        missing_cols = [f for f in spec.feature_names if f not in frame.columns]
+        if missing_cols:
+            raise RequestRejected(
+                502,
+                f"the online store answered without feature(s) {missing_cols}; is the feature view applied?",
+            )
+        values = frame[list(spec.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan)
+        absent = np.isnan(values)
+        if absent.any():
+            whole = [i for i in range(len(values)) if absent[i].all()]
+            if whole:
+                keys = [_key_text(entity_rows[i], spec.entity_keys) for i in whole]
+                raise RequestRejected(
+                    404, f"no online features for entity {', '.join(keys)}; materialize them first"
+                )
+            i = int(np.argwhere(absent)[0][0])
+            gaps = [f for f, a in zip(spec.feature_names, absent[i], strict=True) if a]
+            raise RequestRejected(
+                422, f"entity {_key_text(entity_rows[i], spec.entity_keys)} has no online value for {gaps}"
+            )
+        from prodml.plugins.servers._requests import finite_float32
+
+        return finite_float32(values, spec, "online features")
+
+
+def load_keras_bundle(bundle_dir: Path, *, trust_model_code: bool = False) -> tuple[Any, Any]:
+    """The trainer's ``load_bundle`` (manifest check, safe-mode Keras load)."""
+    from prodml.plugins.trainers.keras import load_bundle
+
+    return load_bundle(Path(bundle_dir), trust_model_code=trust_model_code)
+
+
+def _v2_input(inp: Any) -> V2Input:
+    return V2Input(
+        name=inp.name, datatype=inp.datatype, shape=list(inp.shape), data=inp.data, raw=inp._raw_data
+    )
+
+
+def _key_text(row: Mapping[str, Any], keys: Sequence[str]) -> str:
+    return ",".join(f"{k}={row.get(k)!r}" for k in keys)
+
+
+def _describe(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {message}"
+
+
+class TruthfulDataPlane(DataPlane):
+    """KServe's DataPlane whose server readiness is the readiness of its models."""
+
+    async def ready(self) -> bool:
+        models = list(self.model_registry.get_models().values())
+        for model in models:
+            if not await model.healthy():
+                detail = getattr(model, "failure", None)
+                raise ServerNotReady(
+                    f"model {model.name!r} " + (f"failed to load: {detail}" if detail else "is loading")
+                )
+        return bool(models)
+
+    async def model_ready(self, model_name: str, disable_predictor_health_check: bool = False) -> bool:
+        ready = await super().model_ready(model_name, disable_predictor_health_check)
+        if not ready:
+            failure = getattr(self.model_registry.get_model(model_name), "failure", None)
+            if failure:
+                raise ModelNotReady(model_name, f"Loading failed: {failure}")
+        return ready
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: 413 for request bodies over ``max_bytes``, decided before reading them.
+
+    With a ``Content-Length`` header the answer comes from the header alone. A chunked body
+    is read here up to the limit (never further) and replayed to the app.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        length = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                await _send_json(send, 400, f"Content-Length {length[:20]!r} is not a number")
+                return
+            if size > self.max_bytes:
+                await self._too_large(send, f"{size} bytes")
+                return
+            await self.app(scope, receive, send)
+            return
+        if not chunked:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        seen = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                await self._too_large(send, f"more than {self.max_bytes} bytes")
+                return
+            chunks.append(body)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Callable, size: str) -> None:
+        await _send_json(
+            send,
+            413,
+            f"request body is {size}; this server accepts at most {self.max_bytes} bytes "
+            "(server.max_request_bytes): send fewer rows per request",
+        )
+
+
+async def _send_json(send: Callable, status: int, message: str) -> None:
+    body = orjson.dumps({"error": message})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _rejected_handler(_request: Any, exc: Exception) -> Any:
+    from fastapi.responses import ORJSONResponse
+
+    status = 404 if isinstance(exc, ModelNotFound) else getattr(exc, "status", 400)
+    message = getattr(exc, "message", None) or getattr(exc, "reason", None) or str(exc)
+    log.info("rejected request (%d): %s", status, message)
+    return ORJSONResponse(status_code=status, content={"error": message})
+
+
+async def _validation_handler(_request: Any, exc: Any) -> Any:
+    """FastAPI's body validation (V2 JSON that is not an inference request) as a short 4xx."""
+    from fastapi.responses import ORJSONResponse
+
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    status = 400 if any(e.get("type") == "json_invalid" for e in exc.errors()) else 422
+    message = "; ".join(problems) or "invalid request body"
+    log.info("rejected request (%d): %s", status, message)
+    return ORJSONResponse(status_code=status, content={"error": message})
+
+
+@dataclass
+class ServeOptions:
+    """How the server process listens (the local-mode part of the server config)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_request_bytes: int = 4 << 20
+    access_log: bool = False
+    reuse_port: bool = False
+    extra_middleware: list[Any] = field(default_factory=list)
+
+
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket; SO_REUSEPORT lets several worker processes share it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        from prodml.core.errors import ServingError
+
+        raise ServingError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="another process uses the port: stop it, or set server.port (0 picks a free port)",
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(model: Model, options: ServeOptions, *, sock: socket.socket | None = None) -> None:
+    """Run KServe's ModelServer for ``model`` in this process until SIGINT/SIGTERM.
+
+    The socket is bound before the model loads, so liveness answers at once and readiness
+    tells the truth while the bundle loads in a background thread.
+    """
+    from kserve import ModelServer
+    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+    from kserve.protocol.rest.server import RESTServer
+    from uvicorn.importer import import_from_string
+
+    sock = sock or bind_socket(options.host, options.port, reuse_port=options.reuse_port)
+    server = ModelServer(
+        http_port=sock.getsockname()[1],
+        workers=1,
+        enable_grpc=False,
+        enable_docs_url=False,
+        enable_latency_logging=False,
+    )
+    server.dataplane = TruthfulDataPlane(model_registry=server.registered_models)
+    server.register_model(model)
+    rest = RESTServer(
+        FASTAPI_APP_IMPORT_STRING,
+        server.dataplane,
+        server.model_repository_extension,
+        sock.getsockname()[1],
+        workers=1,
+        grace_period=5,
+    )
+    rest.config.host = options.host  # KServe binds 0.0.0.0; prodml binds server.host (loopback by default)
+    rest.config.access_log = options.access_log
+    rest.create_application()
+    app = import_from_string(FASTAPI_APP_IMPORT_STRING)
+    from fastapi.exceptions import RequestValidationError
+
+    app.add_exception_handler(RequestRejected, _rejected_handler)
+    app.add_exception_handler(InvalidInput, _rejected_handler)
+    app.add_exception_handler(ModelNotFound, _rejected_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=options.max_request_bytes)
+    if not options.access_log:
+        logging.getLogger("uvicorn.access").disabled = True
+    # kserve logs every rejected request with a traceback at ERROR; prodml's handlers log them
+    logging.getLogger("kserve").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=4))
+        threading.Thread(target=model.load, name="prodml-model-load", daemon=True).start()
+        await rest._server.serve(sockets=[sock])
+
+    log.info(
+        "serving %r on http://%s:%d (pid %d)", model.name, options.host, sock.getsockname()[1], os.getpid()
+    )
+    asyncio.run(main())

@@ -1,0 +1,151 @@
+"""CLI handlers of ``prodml serve``, ``prodml predict`` and ``prodml k8s manifests``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from prodml.core.errors import ConfigError, ServingError
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from prodml.core.config import load_config
+
+    return load_config(args.config)
+
+
+def _server_parts(config: Any, file: str) -> tuple[Any, Any, Any]:
+    """(server config, server, store) of ``config``; errors name the missing section."""
+    from prodml.core.plugins import default_registry
+
+    if config.server is None:
+        raise ConfigError(
+            "no `server:` section: nothing to serve", file=file, hint="add server: {type: kserve}"
+        )
+    if config.store is None:
+        raise ConfigError("no `store:` section: the server reads the model from a store", file=file)
+    registry = default_registry()
+    return config.server, registry.create("server", config.server), registry.create("store", config.store)
+
+
+def _source_for(config: Any) -> Any:
+    if not getattr(config.server, "feature_lookup", False) or config.source is None:
+        return None
+    from prodml.core.plugins import default_registry
+
+    return default_registry().create("source", config.source)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """``prodml serve -c FILE``: serve a stored version in the foreground (local mode)."""
+    config = _load(args)
+    server_config, server, store = _server_parts(config, args.config)
+    version = args.model_version or getattr(server_config, "version", "latest")
+    ref = store.resolve(config.model_name, version)
+    source = _source_for(config)
+    if getattr(server_config, "mode", "local") == "cluster":
+        endpoint = server.deploy(ref, store, source)
+        print(endpoint.to_json())
+        return 0
+    if server_config.type != "kserve":
+        endpoint = server.deploy(ref, store, source)
+        print(endpoint.to_json())
+        return 0
+    from prodml.plugins.servers import _local
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _local.serve_foreground(server_config, ref, store, source, server.model_name(ref))
+    return 0
+
+
+def _read_request(args: argparse.Namespace) -> Any:
+    if args.file:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ServingError(f"cannot read request file {args.file}: {exc.strerror or exc}") from None
+        where = args.file
+    else:
+        text, where = args.data, "--data"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ServingError(
+            f"{where} is not valid JSON: {exc}",
+            hint="e.g. --data '[[0.1, 0.2, 0.3]]' or --data '{\"instances\": [{\"sqft\": 0.1, ...}]}'",
+        ) from None
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """``prodml predict -c FILE --data JSON``: send a request, print the answer."""
+    from prodml.plugins.servers import client
+
+    config = _load(args)
+    if config.server is None:
+        raise ConfigError("no `server:` section: no server to send the request to", file=args.config)
+    server_config = config.server
+    name = getattr(server_config, "model_name", None) or config.model_name
+    url = args.url or _server_url(server_config, name)
+    body = _read_request(args)
+    base = url.rstrip("/")
+    if isinstance(body, list):
+        answer = client.predict(base, name, body, protocol=args.protocol)
+    elif isinstance(body, dict) and args.protocol == "v2" and "inputs" in body:
+        answer = client.call(f"{base}/v2/models/{name}/infer", body)
+    elif isinstance(body, dict) and "instances" in body:
+        if args.protocol == "v2":
+            answer = client.predict(base, name, body["instances"], protocol="v2")
+        else:
+            answer = client.call(f"{base}/v1/models/{name}:predict", body)
+    else:
+        raise ServingError(
+            'the request must be a list of rows, {"instances": [...]}, '
+            'or (with --protocol v2) {"inputs": [...]}'
+        )
+    json.dump(answer, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def _server_url(server_config: Any, name: str) -> str:
+    """The URL of the running local server (from its state file), else from host/port."""
+    if getattr(server_config, "type", None) == "kserve" and server_config.mode == "local":
+        from prodml.plugins.servers import _local
+
+        state = _local.read_state(server_config, name)
+        if state and state.get("url"):
+            return state["url"]
+        return f"http://{_local.client_host(server_config.host)}:{server_config.port}"
+    raise ServingError(
+        "pass --url: the server's address is not known from the config", hint="--url http://..."
+    )
+
+
+def manifests_command(args: argparse.Namespace) -> int:
+    """``prodml k8s manifests -c FILE``: the InferenceService and storage access, as YAML."""
+    from prodml.plugins.servers import _cluster, _k8s
+
+    config = _load(args)
+    server_config, server, store = _server_parts(config, args.config)
+    if server_config.type != "kserve":
+        raise ConfigError(f"server type {server_config.type!r} has no Kubernetes manifests", file=args.config)
+    ref = store.resolve(config.model_name, server_config.version)
+    name = server.model_name(ref)
+    plan = _cluster.plan_for(server_config, ref, store, name)
+    text = _k8s.to_yaml(_k8s.render(server_config, plan, config.store))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if _k8s.storage_access(server_config, config.store, name) is not None:
+        print(
+            "note: the storage Secret holds ${NAME} placeholders, never values; apply with\n"
+            "  envsubst < manifests.yaml | kubectl apply -f -   (with the credentials exported)",
+            file=sys.stderr,
+        )
+    return 0
