@@ -73,7 +73,29 @@ def load_definitions(repo_path: Path) -> list[Any]:
     finally:
         if added_path:
             sys.path.remove(str(root))
-    return list(found.values())
+    objects = list(found.values())
+    _absolute_file_paths(objects, root)
+    return objects
+
+
+def _absolute_file_paths(objects: list[Any], root: Path) -> None:
+    """Make relative FileSource paths absolute (against the repository).
+
+    Feast's file offline store resolves them against the repository, but its DuckDB store
+    (0.67) and some readers resolve them against the working directory; absolute paths in
+    the (local, regenerated) registry make every store read the same files from anywhere.
+    """
+    from feast import FileSource
+    from feast.feature_view import FeatureView
+
+    sources = [o for o in objects if isinstance(o, FileSource)]
+    sources += [o.batch_source for o in objects if isinstance(o, FeatureView)]
+    for source in sources:
+        if not isinstance(source, FileSource):
+            continue
+        uri = source.file_options.uri
+        if uri and "://" not in uri and not Path(uri).is_absolute():
+            source.file_options.uri = str(root / uri)
 
 
 def _import_file(module_name: str, file: Path, root: Path) -> Any:

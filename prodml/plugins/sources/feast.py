@@ -374,18 +374,21 @@ class FeastSource(DataSource):
     def training_frame(self) -> pd.DataFrame:
         entities = self.read_entity_df()
         features, label = self.feature_names, self.label
-        request = entities[[*self.entity_keys, self.config.timestamp_column]].copy()
+        lookup = [*self.entity_keys, self.config.timestamp_column]
+        # Feast is asked once per distinct (join keys, timestamp): its file offline store
+        # merges entity rows that repeat such a pair, and every repeat gets the same values.
+        group = entities.groupby(lookup, sort=False).ngroup().to_numpy()
+        request = entities[lookup].drop_duplicates().reset_index(drop=True)
         request[ROW_ID] = range(len(request))
         if self.config.timestamp_column != "event_timestamp":
             request = request.rename(columns={self.config.timestamp_column: "event_timestamp"})
         joined = self._historical(request)
-        if len(joined) != len(request) or ROW_ID not in joined.columns:
-            raise DataError(
-                f"feast returned {len(joined)} rows for {len(request)} entity rows; "
-                "entity_df must not repeat a (join keys, timestamp) pair with a row id clash"
-            )
-        joined = joined.sort_values(ROW_ID, kind="stable").reset_index(drop=True)
-        frame = joined[features].copy()
+        if joined[ROW_ID].duplicated().any():
+            raise DataError(f"feast returned {len(joined)} rows for {len(request)} distinct entity rows")
+        # The file store also drops entity rows whose candidates are all outside the TTL
+        # instead of returning nulls: reindexing brings them back as NaN, in entity_df order.
+        joined = joined.set_index(ROW_ID).reindex(range(len(request)))
+        frame = joined[features].iloc[group].reset_index(drop=True)
         frame[label] = entities[label].to_numpy()
         incomplete = frame[features].isna().any(axis=1)
         if incomplete.any():
