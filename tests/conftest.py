@@ -6,6 +6,9 @@ import pytest
 
 from prodml.core import plugins
 
+# real SeaweedFS (S3) and Azurite (Azure Blob) servers, one per session, on loopback ports
+from prodml.testing.services import azurite_server, s3_server  # noqa: F401
+
 
 @pytest.fixture(autouse=True)
 def _isolated_plugins(monkeypatch: pytest.MonkeyPatch):
