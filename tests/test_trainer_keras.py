@@ -509,3 +509,22 @@ def test_failed_write_leaves_no_bundle(tmp_path: Path) -> None:
     assert "BundleError: could not write the bundle" in result.stdout, result.stderr[-2000:]
     assert "nothing was left behind" in result.stdout
     assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_progress_prints_one_line_per_epoch_on_a_terminal() -> None:
+    import io
+
+    from prodml.plugins.trainers._keras_impl import EpochProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = EpochProgress(epochs=12, stream=stream)
+    progress.on_epoch_end(0, {"loss": 1.23456, "val_loss": 2.0})
+    progress.on_epoch_end(11, {"loss": 0.5})
+    assert stream.getvalue().splitlines() == [
+        "epoch  1/12 - loss: 1.235 - val_loss: 2",
+        "epoch 12/12 - loss: 0.5",
+    ]
