@@ -88,6 +88,8 @@ def train(config: KerasTrainerConfig, frame: pd.DataFrame, spec: TrainSpec, out_
     x_train, y_train = x[: len(x) - n_val], y[: len(x) - n_val]
     validation = (x[len(x) - n_val :], y[len(x) - n_val :]) if n_val else None
 
+    # seeded before the user's module runs, in case its top level draws random numbers
+    seed_everything(config.seed)
     user = load_user_function(config)
     model_spec = ModelSpec(
         feature_names=tuple(features),
@@ -101,7 +103,6 @@ def train(config: KerasTrainerConfig, frame: pd.DataFrame, spec: TrainSpec, out_
         feature_mean=tuple(float(v) for v in x_train.astype(np.float64).mean(axis=0)),
         feature_variance=tuple(float(v) for v in x_train.astype(np.float64).var(axis=0)),
     )
-    seed_everything(config.seed)
 
     if user.contract == "build":
         model = call_user(user, model_spec)
