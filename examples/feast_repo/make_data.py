@@ -60,7 +60,9 @@ def make_tables(seed: int = SEED) -> dict[str, pd.DataFrame]:
     for name in ("sqft", "rooms", "age"):
         listed[name] = rng.uniform(-1, 1, HOUSES)
     renovated = listed.sample(frac=0.3, random_state=seed).copy()
-    renovated["event_timestamp"] = _stamp(START, rng.uniform(20 * 86400, 70 * 86400, len(renovated)))
+    # .to_numpy(): the sampled rows keep their index, a fresh Series would misalign
+    renovation = _stamp(START, rng.uniform(20 * 86400, 70 * 86400, len(renovated)))
+    renovated["event_timestamp"] = renovation.to_numpy()
     renovated["age"] = rng.uniform(-1, -0.5, len(renovated))
     structure = pd.concat([listed, renovated], ignore_index=True)
 
@@ -76,6 +78,8 @@ def make_tables(seed: int = SEED) -> dict[str, pd.DataFrame]:
         base = np.tile(rng.uniform(-0.9, 0.9, HOUSES), WEEKS)
         location[name] = np.clip(base + rng.normal(0, 0.05, len(week)), -1, 1)
 
+    for frame in (structure, location):
+        assert frame["event_timestamp"].notna().all()
     tables = {}
     for stem, frame, features in (
         ("house_structure", structure, ["sqft", "rooms", "age"]),

@@ -287,6 +287,7 @@ class FeastSource(DataSource):
         """The entity frame with its timestamps as UTC datetimes (checked, not yet joined)."""
         import pandas as pd
 
+        keys = self.entity_keys  # the repository's problems first: they explain the others
         path = Path(self.config.entity_df)
         if not path.is_file():
             raise DataError(
@@ -306,10 +307,10 @@ class FeastSource(DataSource):
             raise DataError(f"feast source: cannot read entity_df {path}: {exc}") from exc
         ts = self.config.timestamp_column
         columns = list(frame.columns)
-        need = [*self.entity_keys, ts, self.label]
+        need = [*keys, ts, self.label]
         for name in need:
             if name not in columns:
-                what = "join key" if name in self.entity_keys else "timestamp" if name == ts else "label"
+                what = "join key" if name in keys else "timestamp" if name == ts else "label"
                 guess = suggest(name, [str(c) for c in columns])
                 raise DataError(
                     f"feast source: entity_df {path} has no {what} column {name!r}; it has: "
