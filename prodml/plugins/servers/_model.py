@@ -390,6 +390,9 @@ async def _rejected_handler(_request: Any, exc: Exception) -> Any:
 
     status = 404 if isinstance(exc, ModelNotFound) else getattr(exc, "status", 400)
     message = getattr(exc, "message", None) or getattr(exc, "reason", None) or str(exc)
+    if isinstance(exc, InvalidInput) and message.startswith("Unrecognized request format: "):
+        # KServe's wording for a body its JSON decoder refused
+        message = "the body is not valid JSON: " + message.removeprefix("Unrecognized request format: ")
     log.info("rejected request (%d): %s", status, message)
     return ORJSONResponse(status_code=status, content={"error": message})
 
