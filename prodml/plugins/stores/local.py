@@ -77,10 +77,11 @@ class LocalStore(ObjectStore):
     def _translate(self, action: str) -> Iterator[None]:
         try:
             yield
-        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+        except OSError as exc:  # permissions, a full disk, a file where a folder should be
             raise StoreError(
-                f"cannot {action} {self.describe()}: {exc.strerror or exc}: {exc.filename}",
-                hint="check store.root and the folder's permissions",
+                f"cannot {action} {self.describe()}: {exc.strerror or exc}"
+                + (f": {exc.filename}" if exc.filename else ""),
+                hint="check store.root, free space and the folder's permissions",
             ) from None
 
     def _read(self, key: str) -> bytes | None:

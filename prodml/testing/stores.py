@@ -1,0 +1,307 @@
+"""The ModelStore conformance suite: what every store backend must do, against a real server.
+
+Use it like fsspec's abstract tests::
+
+    from prodml.testing.stores import ModelStoreConformance, RawAccess
+
+    class TestMyStore(ModelStoreConformance):
+        uri_scheme = "myfs://"
+
+        @pytest.fixture
+        def backend_config(self, my_server):
+            return {"type": "mystore", "url": my_server.url, "prefix": unique_prefix()}
+
+        @pytest.fixture
+        def raw(self, my_server, backend_config) -> RawAccess:
+            return MyRawAccess(...)   # writes/deletes objects behind the store's back
+
+The ``raw`` fixture tampers with stored objects directly through the backend's own SDK, so
+the suite can check that a store refuses what it did not write. Stores must name new
+versions with :func:`prodml.core.bundle.new_version_id` (the suite pins it to force
+version-id collisions).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from prodml.core import bundle as bundle_mod
+from prodml.core.bundle import MANIFEST, BundleMetadata, FeatureInfo, write_manifest
+from prodml.core.errors import BundleError, ProdmlError, StoreError
+from prodml.core.interfaces import ModelRef, ModelStore
+from prodml.testing.base import BackendConformance
+
+MODEL = "conformance-model"
+
+
+class RawAccess(abc.ABC):
+    """Direct access to a store's objects, bypassing the store (to simulate tampering)."""
+
+    @abc.abstractmethod
+    def write(self, ref: ModelRef, relpath: str, data: bytes) -> None:
+        """Write ``data`` at ``relpath`` inside the stored version folder of ``ref``."""
+
+    @abc.abstractmethod
+    def delete(self, ref: ModelRef, relpath: str) -> None:
+        """Delete ``relpath`` inside the stored version folder of ``ref``."""
+
+
+def make_bundle(path: Path, *, seed: int = 0, big_bytes: int = 0) -> Path:
+    """Write a small, valid bundle (nested files, metadata, manifest) to ``path``."""
+    path.mkdir(parents=True)
+    rng = hashlib.sha256(f"seed-{seed}".encode()).digest()
+    (path / "model.keras").write_bytes(rng * 64 + os.urandom(512))
+    variables = path / "saved_model" / "1" / "variables"
+    variables.mkdir(parents=True)
+    (path / "saved_model" / "1" / "saved_model.pb").write_bytes(os.urandom(2048))
+    (variables / "variables.index").write_bytes(os.urandom(256))
+    (variables / "variables.data-00000-of-00001").write_bytes(os.urandom(big_bytes or 4096))
+    BundleMetadata(
+        name=MODEL,
+        features=[FeatureInfo(name="x1", dtype="float32"), FeatureInfo(name="x2", dtype="float32")],
+        label="target",
+        metrics={"loss": 0.5 + seed},
+    ).write(path)
+    write_manifest(path)
+    return path
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """{relative path: content} of every file under ``root``."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class ModelStoreConformance(BackendConformance):
+    """Behaviour every :class:`~prodml.core.interfaces.ModelStore` backend must have."""
+
+    role = "store"
+    #: what :meth:`ModelStore.uri` starts with (``s3://``, ``https://``, ``file://``)
+    uri_scheme: ClassVar[str] = ""
+
+    @pytest.fixture
+    def raw(self) -> RawAccess:
+        """Direct object access for tamper tests. Subclasses must override."""
+        pytest.fail(f"{type(self).__name__} must override the `raw` fixture (see RawAccess)")
+
+    @pytest.fixture
+    def big_file_bytes(self) -> int:
+        """Size of the big file in :meth:`test_big_file_round_trip` (above the multipart threshold)."""
+        return 12 << 20
+
+    @pytest.fixture
+    def store(self, backend: ModelStore) -> ModelStore:
+        return backend
+
+    @pytest.fixture
+    def bundles(self, tmp_path: Path):
+        """Factory of distinct bundles: ``bundles(seed, big_bytes=0)``."""
+        count = iter(range(10_000))
+
+        def make(seed: int = 0, big_bytes: int = 0) -> Path:
+            return make_bundle(tmp_path / f"bundle-{next(count)}", seed=seed, big_bytes=big_bytes)
+
+        return make
+
+    @pytest.fixture
+    def clock(self, monkeypatch: pytest.MonkeyPatch):
+        """``clock(stamp)`` pins the time part of new version ids (no sleeping between pushes)."""
+        state = {"stamp": "20250101T000000Z"}
+
+        def version_id(bundle_dir: Path, now: Any = None) -> str:
+            return f"{state['stamp']}-{bundle_mod.manifest_digest(bundle_dir)[:8]}"
+
+        monkeypatch.setattr(bundle_mod, "new_version_id", version_id)
+
+        def set_stamp(stamp: str) -> None:
+            state["stamp"] = stamp
+
+        return set_stamp
+
+    @pytest.fixture
+    def two_versions(self, store: ModelStore, bundles, clock) -> tuple[ModelRef, ModelRef, Path, Path]:
+        clock("20250101T000000Z")
+        first_dir = bundles(seed=1)
+        first = store.push(first_dir, MODEL)
+        clock("20250102T000000Z")
+        second_dir = bundles(seed=2)
+        second = store.push(second_dir, MODEL)
+        return first, second, first_dir, second_dir
+
+    # -- push / resolve / pull -----------------------------------------------------------
+
+    def test_push_returns_a_ref_that_resolves_as_latest(self, store: ModelStore, bundles) -> None:
+        bundle = bundles()
+        ref = store.push(bundle, MODEL)
+        assert ref.model_name == MODEL
+        assert ref.digest == bundle_mod.manifest_digest(bundle)
+        assert ref.version.endswith(ref.digest[:8])
+        assert store.resolve(MODEL) == ref
+        assert store.resolve(MODEL, ref.version) == ref
+        assert ModelRef.model_validate_json(ref.to_json()) == ref
+
+    def test_pull_returns_the_identical_bundle(self, store: ModelStore, bundles, tmp_path: Path) -> None:
+        bundle = bundles()
+        ref = store.push(bundle, MODEL)
+        dest = store.pull(ref, tmp_path / "pulled")
+        assert dest == tmp_path / "pulled"
+        assert tree(dest) == tree(bundle)
+        bundle_mod.verify_bundle(dest)
+
+    def test_pull_into_the_same_folder_again_is_a_no_op(self, store, bundles, tmp_path: Path) -> None:
+        ref = store.push(bundles(), MODEL)
+        first = store.pull(ref, tmp_path / "pulled")
+        assert store.pull(ref, tmp_path / "pulled") == first
+
+    def test_pull_refuses_a_folder_holding_something_else(self, store, two_versions, tmp_path) -> None:
+        first, second, *_ = two_versions
+        store.pull(first, tmp_path / "pulled")
+        with pytest.raises(StoreError, match="exists"):
+            store.pull(second, tmp_path / "pulled")
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "notes.txt").write_text("mine")
+        with pytest.raises(StoreError):
+            store.pull(first, tmp_path / "other")
+        assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+    def test_big_file_round_trip(self, store, bundles, big_file_bytes: int, tmp_path: Path) -> None:
+        bundle = bundles(big_bytes=big_file_bytes)
+        store.push(bundle, MODEL)
+        dest = store.pull(store.resolve(MODEL), tmp_path / "pulled")
+        assert tree(dest) == tree(bundle)
+
+    def test_uri_points_at_the_version(self, store: ModelStore, bundles) -> None:
+        ref = store.push(bundles(), MODEL)
+        uri = store.uri(ref)
+        assert uri == ref.uri
+        assert uri.startswith(self.uri_scheme)
+        assert MODEL in uri and ref.version in uri
+
+    # -- versions and latest -------------------------------------------------------------------
+
+    def test_versions_newest_first_with_latest_marked(self, store, two_versions) -> None:
+        first, second, _, second_dir = two_versions
+        listed = store.versions(MODEL)
+        assert [v.version for v in listed] == [second.version, first.version]
+        assert [v.latest for v in listed] == [True, False]
+        assert listed[0].created_at.tzinfo is not None
+        assert listed[0].created_at > listed[1].created_at
+        size = sum(p.stat().st_size for p in second_dir.rglob("*") if p.is_file())
+        assert listed[0].size_bytes == size
+
+    def test_older_version_still_resolves_and_pulls(self, store, two_versions, tmp_path) -> None:
+        first, second, first_dir, _ = two_versions
+        assert store.resolve(MODEL) == second
+        assert store.resolve(MODEL, first.version) == first
+        assert tree(store.pull(first, tmp_path / "old")) == tree(first_dir)
+
+    def test_unknown_model_and_version(self, store: ModelStore, bundles) -> None:
+        assert store.versions("never-pushed") == []
+        with pytest.raises(StoreError, match="never-pushed"):
+            store.resolve("never-pushed")
+        store.push(bundles(), MODEL)
+        with pytest.raises(StoreError, match="20990101T000000Z-deadbeef"):
+            store.resolve(MODEL, "20990101T000000Z-deadbeef")
+        with pytest.raises(StoreError):
+            store.resolve(MODEL, "not-a-version")
+
+    def test_model_names_cannot_leave_the_prefix(self, store: ModelStore, bundles) -> None:
+        bundle = bundles()
+        for name in ("../escape", "a/b", "", ".."):
+            with pytest.raises(ProdmlError):
+                store.push(bundle, name)
+
+    # -- never overwrite ------------------------------------------------------------------------
+
+    def test_an_existing_version_is_never_overwritten(self, store, bundles, monkeypatch, tmp_path) -> None:
+        monkeypatch.setattr(bundle_mod, "new_version_id", lambda d, now=None: "20250101T000000Z-00000000")
+        original = bundles(seed=1)
+        ref = store.push(original, MODEL)
+        with pytest.raises(StoreError, match="never overwritten"):
+            store.push(bundles(seed=2), MODEL)
+        assert store.resolve(MODEL) == ref
+        assert tree(store.pull(ref, tmp_path / "pulled")) == tree(original)
+
+    def test_pushing_identical_content_twice_is_idempotent(self, store, bundles, clock) -> None:
+        bundle = bundles()
+        assert store.push(bundle, MODEL) == store.push(bundle, MODEL)
+        assert len(store.versions(MODEL)) == 1
+
+    def test_a_modified_local_bundle_is_not_pushed(self, store, bundles) -> None:
+        bundle = bundles()
+        (bundle / "model.keras").write_bytes(b"changed after the manifest was written")
+        with pytest.raises(BundleError):
+            store.push(bundle, MODEL)
+        assert store.versions(MODEL) == []
+
+    # -- refuse what does not match the manifest --------------------------------------------------
+
+    def _assert_refused(self, store, ref, tmp_path: Path, match: str) -> None:
+        dest = tmp_path / "refused"
+        before = sorted(p.name for p in tmp_path.iterdir())
+        with pytest.raises(BundleError, match=match):
+            store.pull(ref, dest)
+        assert not dest.exists(), "a refused pull must not leave the destination behind"
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, "no partial folders left"
+
+    def test_a_tampered_file_is_refused(self, store, bundles, raw: RawAccess, tmp_path) -> None:
+        ref = store.push(bundles(), MODEL)
+        raw.write(ref, "model.keras", b"evil weights")
+        self._assert_refused(store, ref, tmp_path, "model.keras")
+
+    def test_a_replaced_manifest_is_refused(self, store, bundles, raw: RawAccess, tmp_path) -> None:
+        bundle = bundles()
+        ref = store.push(bundle, MODEL)
+        (bundle / "model.keras").write_bytes(b"evil weights")
+        write_manifest(bundle)  # a consistent forgery: files and manifest changed together
+        raw.write(ref, "model.keras", b"evil weights")
+        raw.write(ref, MANIFEST, (bundle / MANIFEST).read_bytes())
+        self._assert_refused(store, ref, tmp_path, "digest|changed|manifest")
+
+    def test_missing_and_unlisted_files_are_refused(self, store, bundles, raw, tmp_path) -> None:
+        ref = store.push(bundles(), MODEL)
+        raw.write(ref, "saved_model/1/extra.bin", b"not in the manifest")
+        self._assert_refused(store, ref, tmp_path, "extra.bin")
+        raw.delete(ref, "saved_model/1/extra.bin")
+        raw.delete(ref, "prodml.json")
+        self._assert_refused(store, ref, tmp_path, "prodml.json")
+
+    @pytest.mark.parametrize("name", ["../../escaped.txt", "/tmp/prodml-escaped.txt", "a/../../escaped.txt"])
+    def test_names_escaping_the_destination_are_refused(self, store, bundles, raw, tmp_path, name) -> None:
+        ref = store.push(bundles(), MODEL)
+        digest = hashlib.sha256(b"escaped").hexdigest()
+        pulled = store.pull(ref, tmp_path / "good")
+        manifest = (pulled / MANIFEST).read_text() + f"{digest}  {name}\n"
+        raw.write(ref, MANIFEST, manifest.encode())
+        forged = store.resolve(MODEL, ref.version)  # a reader that trusts the new manifest digest
+        dest = tmp_path / "inner" / "dest"
+        with pytest.raises(BundleError, match=r"escape|relative"):
+            store.pull(forged, dest)
+        assert not dest.exists()
+        assert not (tmp_path / "escaped.txt").exists()
+        assert not (tmp_path / "inner" / "escaped.txt").exists()
+
+    def test_a_version_without_manifest_is_invisible(self, store, two_versions, raw) -> None:
+        first, second, *_ = two_versions
+        raw.delete(second, MANIFEST)  # what an interrupted push looks like
+        assert [v.version for v in store.versions(MODEL)] == [first.version]
+        with pytest.raises(StoreError):
+            store.resolve(MODEL, second.version)
+
+    def test_refs_carry_no_secrets(self, store: ModelStore, bundles, config) -> None:
+        from pydantic import SecretStr
+
+        secrets = [
+            value.get_secret_value()
+            for name in type(config).model_fields
+            if isinstance(value := getattr(config, name), SecretStr)
+        ]
+        ref = store.push(bundles(), MODEL)
+        text = ref.to_json() + store.uri(ref)
+        for secret in secrets:
+            assert secret not in text
