@@ -200,9 +200,7 @@ def test_online_features_name_bad_rows(repo: Path) -> None:
     source = make_source(repo)
     with pytest.raises(DataError, match=r"entity row 1 lacks join key\(s\) house_id"):
         source.online_features([{"house_id": 1}, {"id": 2}])
-    with pytest.raises(
-        DataError, match=r"no features for 1 of 2 entity row\(s\), first \{'house_id': 9999\}"
-    ):
+    with pytest.raises(DataError, match=r"no 'sqft' for 1 of 2 entity row\(s\), first \{'house_id': 9999\}"):
         source.online_features([{"house_id": 1}, {"house_id": 9999}])
 
 
