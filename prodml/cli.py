@@ -126,7 +126,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         section = summary.get(role)
         if section is None:
             continue
-        rest = {k: v for k, v in section.items() if k != "type" and v not in (None, [], {}, "")}
+        # what the config file set (resolved: paths absolute, env filled in, secrets masked)
+        given = config.section(role).model_fields_set - {"type"}
+        rest = {k: v for k, v in section.items() if k in given}
         print(f"  {role:<8} {section['type']}  {json.dumps(rest, default=str)}")
     if missing:
         for line in missing:

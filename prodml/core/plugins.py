@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import importlib.machinery
 import importlib.util
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,12 +81,30 @@ class InstalledBackend:
     def missing_requirement(self) -> str | None:
         """The first of ``requires`` that cannot be imported, or None."""
         for module in self.backend.requires:
-            try:
-                if importlib.util.find_spec(module) is None:
-                    return module
-            except (ImportError, ValueError):
+            if not module_available(module):
                 return module
         return None
+
+
+def module_available(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it or its parent packages.
+
+    ``importlib.util.find_spec("azure.storage.blob")`` would import ``azure`` and
+    ``azure.storage``; listing plugins must not import any SDK, so submodules are looked up
+    on their parent's search path instead.
+    """
+    if name in sys.modules:
+        return True
+    top, *rest = name.split(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    for part in rest:
+        if spec is None or spec.submodule_search_locations is None:
+            return False
+        spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations))
+    return spec is not None
 
 
 @dataclass(eq=False)

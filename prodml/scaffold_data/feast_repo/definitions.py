@@ -1,0 +1,1 @@
+../../../examples/feast_repo/definitions.py

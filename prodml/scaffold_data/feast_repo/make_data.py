@@ -1,0 +1,1 @@
+../../../examples/feast_repo/make_data.py
