@@ -117,7 +117,11 @@ def init_project(directory: Path, *, feast: bool = False, force: bool = False) -
     data = resources.files("prodml") / "scaffold_data"
     written = _copy_tree(data / "quickstart", directory)
     if feast:
-        written += _copy_tree(data / "feast_repo", directory / "feature_repo")
+        repo = directory / "feature_repo"
+        written += _copy_tree(data / "feast_repo", repo)
+        # git refuses a symlinked .gitignore in our package, so this one is written here
+        (repo / ".gitignore").write_text("# Feast state made on first use\n.feast/\n.feast-duckdb/\n")
+        written.append(repo / ".gitignore")
     project = project_name(directory)
     config_path = directory / "prodml.yaml"
     config_path.write_text(
