@@ -194,3 +194,11 @@ def test_bad_config_is_a_config_error(tmp_path: Path, section: dict, expected: s
 def test_frame_matches_bare_pandas(tmp_path: Path) -> None:
     frame = source(QUICKSTART, label="target").training_frame()
     pd.testing.assert_frame_equal(frame, pd.read_csv(QUICKSTART))
+
+
+def test_byte_order_mark_is_not_part_of_the_first_name(tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfa,y\n1,2\n")
+    src = source(path)
+    assert src.feature_names == ["a"]
+    assert list(src.training_frame().columns) == ["a", "y"]

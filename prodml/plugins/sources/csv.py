@@ -141,15 +141,18 @@ class CsvSource(DataSource):
         features = self.feature_names
         wanted = [*features, self.label]
         try:
-            # Only the used columns: less parsing than reading everything and selecting.
-            frame = pd.read_csv(path, usecols=wanted, encoding="utf-8-sig")
+            # Only the used columns (less parsing); when that is all of them, the plain call.
+            usecols = None if sorted(wanted) == sorted(columns) else wanted
+            # (pandas strips a UTF-8 byte-order mark itself; an explicit encoding would be slower)
+            frame = pd.read_csv(path, usecols=usecols)
         except pd.errors.EmptyDataError:
             raise DataError(f"csv source: {path} is empty") from None
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
             raise DataError(f"csv source: cannot parse {path}: {exc}") from None
         if frame.empty:
             raise DataError(f"csv source: {path} has a header but no data rows")
-        frame = frame[wanted]
+        if list(frame.columns) != wanted:  # a reordering copies every column: only when needed
+            frame = frame[wanted]
         check_numeric(frame, wanted, f"csv source {path}", line_offset=1)
         return frame
 
