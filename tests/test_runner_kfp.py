@@ -308,3 +308,25 @@ def test_follow_prints_each_step_state_until_the_run_ends(tmp_path: Path) -> Non
         ["train", "FAILED"],
         ["run", "r1:", "FAILED"],
     ]
+
+
+def test_the_kind_config_compiles_for_the_cluster(tmp_path: Path, monkeypatch, capsys) -> None:
+    """config/kind.yaml (docs/kind.md): the pipeline the cluster would run, checked offline."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    out = tmp_path / "kind-pipeline.yaml"
+    assert main(["compile", "-c", "config/kind.yaml", "-o", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err  # nothing in it that only works on a laptop
+    spec, platform = parse_pipeline(out)
+    assert stage_order(spec) == ["fetch", "train", "export", "serve"]
+    executors = docs_executors(spec)
+    assert {e["container"]["image"] for e in executors.values()} == {"prodml:0.1.0"}
+    carried = json.loads(spec.root.input_definitions.parameters["config_json"].default_value.string_value)
+    # the image holds the project at /app (deploy/Dockerfile copies config/ and examples/ there)
+    assert carried["source"]["path"] == "/app/examples/quickstart/data/train.csv"
+    assert carried["trainer"]["model"] == "/app/examples/quickstart/model.py:build_model"
+    assert carried["server"]["mode"] == "cluster" and carried["store"]["type"] == "s3"
+    for executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        assert executor["secretAsEnv"][0]["secretName"] == "prodml-s3"
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "COPY examples ./examples" in dockerfile and "WORKDIR /app" in dockerfile
