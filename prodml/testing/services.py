@@ -258,7 +258,7 @@ class SeaweedFS(_Server):
                 s3={"addressing_style": "path"},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                retries={"mode": "standard", "max_attempts": 3},
+                retries={"mode": "standard", "total_max_attempts": 3},
                 **config,
             ),
         )
@@ -424,7 +424,10 @@ class FaultProxy:
         self.delay = 0.0
         self.requests = 0
         self.failed = 0
+        #: (method, path) of every request forwarded and answered, in order
+        self.completed: list[tuple[str, str]] = []
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -432,6 +435,15 @@ class FaultProxy:
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
+
+            def handle(self) -> None:
+                with proxy._lock:
+                    proxy._connections.add(self.connection)
+                try:
+                    super().handle()
+                finally:
+                    with proxy._lock:
+                        proxy._connections.discard(self.connection)
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -448,7 +460,8 @@ class FaultProxy:
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
                     return
                 if proxy.delay:
                     time.sleep(proxy.delay)
@@ -468,6 +481,8 @@ class FaultProxy:
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(data)
+                    with proxy._lock:
+                        proxy.completed.append((self.command, self.path))
                 finally:
                     conn.close()
 
@@ -478,13 +493,30 @@ class FaultProxy:
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def count(self, method: str, fragment: str) -> int:
+        """How many answered requests had ``method`` and ``fragment`` in their path."""
+        with self._lock:
+            return sum(1 for m, p in self.completed if m == method and fragment in p)
+
     def start(self) -> FaultProxy:
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop listening: afterwards the port refuses connections, like a stopped server."""
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
+        # a stopped server also drops the keep-alive connections clients still hold
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> FaultProxy:
         return self.start()

@@ -135,7 +135,7 @@ class S3Store(ObjectStore):
                 register_secret(value)
         botocore_config = Config(
             region_name=c.region,
-            retries={"mode": "standard", "max_attempts": c.max_attempts},
+            retries={"mode": "standard", "total_max_attempts": c.max_attempts},
             s3={"addressing_style": c.addressing_style},
             connect_timeout=c.connect_timeout,
             read_timeout=c.read_timeout,
