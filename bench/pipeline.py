@@ -145,6 +145,28 @@ def timed(argv: list[str], cwd: Path) -> float:
     return elapsed
 
 
+def one_stage_overhead(root: Path, rounds: int) -> tuple[float, float]:
+    """Median wall time of a fetch-only run with `local` and with `kfp-local` (interleaved).
+
+    One cheap stage, many rounds: the difference is what kfp-local adds per stage (its own
+    subprocess, imports and config load) with far less noise than the full pipeline.
+    """
+    walls: dict[str, list[float]] = {"local": [], "kfp-local": []}
+    for round_ in range(rounds):
+        for runner in walls:
+            folder = root / f"fetch-{runner}-{round_}"
+            folder.mkdir(parents=True)
+            config = folder / "prodml.yaml"
+            config.write_text(
+                f"project: quickstart\nsource: {{type: csv, path: {CSV}, label: target}}\n"
+                f"runner: {{type: {runner}}}\nstages: [fetch]\n",
+                encoding="utf-8",
+            )
+            argv = [sys.executable, "-m", "prodml", "run", "-c", str(config)]
+            walls[runner].append(timed(argv, cwd=folder))
+    return statistics.median(walls["local"]), statistics.median(walls["kfp-local"])
+
+
 def stage_seconds(folder: Path) -> dict[str, float]:
     runs = folder / ".prodml" / "runs"
     record = json.loads((runs / (runs / "latest").read_text().strip() / "run.json").read_text())
@@ -155,6 +177,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="training epochs (config/local.yaml: 5)")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds; medians are compared")
+    parser.add_argument(
+        "--stage-rounds", type=int, default=7, help="rounds of the one-stage (fetch) overhead measurement"
+    )
     args = parser.parse_args()
     env_python = sys.executable
     prodml = [env_python, "-m", "prodml", "run", "-c"]
@@ -187,6 +212,7 @@ def main() -> None:
                 times[runner].append(timed([*prodml, str(config)], cwd=folder))
                 stages[runner] = stage_seconds(folder)
             shutil.rmtree(work, ignore_errors=True)
+        one_local, one_kfp = one_stage_overhead(root / "one-stage", args.stage_rounds)
 
     med = {name: statistics.median(values) for name, values in times.items()}
     ratio_local = med["local"] / med["baseline"]
@@ -204,6 +230,11 @@ def main() -> None:
         shown = ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items())
         print(f"  last {runner} run, seconds by stage: {shown}")
     print("  all rounds (s): " + "; ".join(f"{k} {[round(v, 2) for v in vals]}" for k, vals in times.items()))
+    print(
+        f"one stage (fetch only), median of {args.stage_rounds}: local {one_local:.2f} s, "
+        f"kfp-local {one_kfp:.2f} s, overhead {one_kfp - one_local:+.2f} s "
+        "(includes kfp-local's one-off cost: importing kfp and kfp.local's orchestration)"
+    )
     local_ok = ratio_local <= 1.1
     kfp_ok = per_stage <= 0.4
     print(f"target local <= 1.1x baseline: {'met' if local_ok else 'MISSED'} ({ratio_local:.2f}x)")

@@ -199,7 +199,11 @@ class KfpLocalRunner(Runner):
         seconds: dict[str, float] = {}
         endpoint = None
         for stage in stages:
-            out = tasks.get(stage, {})
+            out = tasks.get(stage)
+            if out is None:
+                # a kfp.local cache hit runs nothing and writes nothing under this run's root
+                run.record["stages"][stage] = {"status": "cached"}
+                continue
             if stage in ("fetch", "train"):
                 name = "dataset" if stage == "fetch" else "model"
                 artifact = out["artifacts"][name]["artifacts"][0]
