@@ -330,3 +330,24 @@ def test_the_kind_config_compiles_for_the_cluster(tmp_path: Path, monkeypatch, c
         assert executor["secretAsEnv"][0]["secretName"] == "prodml-s3"
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "COPY examples ./examples" in dockerfile and "WORKDIR /app" in dockerfile
+
+
+@pytest.mark.slow
+def test_a_failing_kfp_local_step_is_named(tmp_path: Path, capsys) -> None:
+    (tmp_path / "data.csv").write_text("a,b,y\n1,2,3\n2,1,4\n3,0,5\n4,1,7\n")
+    (tmp_path / "model.py").write_text("def build_model(spec):\n    raise ValueError('broken model code')\n")
+    config = {
+        "project": "failing",
+        "source": {"type": "csv", "path": "data.csv", "label": "y"},
+        "trainer": {"type": "keras", "model": "model.py:build_model", "epochs": 1},
+        "runner": {"type": "kfp-local"},
+        "stages": ["fetch", "train"],
+    }
+    (tmp_path / "prodml.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", "-c", str(tmp_path / "prodml.yaml")]) == 1
+    captured = capsys.readouterr()
+    assert "the kfp-local pipeline failed in the train step" in captured.err
+    assert "broken model code" in captured.out  # the step's own error, in its log
+    runs = tmp_path / ".prodml" / "runs"
+    record = json.loads((runs / (runs / "latest").read_text().strip() / "run.json").read_text())
+    assert record["status"] == "failed"
