@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -37,7 +38,14 @@ from typing import Any
 from pydantic import SecretStr
 
 from prodml.core import bundle as bundle_mod
-from prodml.core.bundle import MANIFEST, parse_manifest, safe_relpath, verify_bundle
+from prodml.core.bundle import (
+    MANIFEST,
+    bundle_files,
+    parse_manifest,
+    read_manifest,
+    safe_relpath,
+    verify_bundle,
+)
 from prodml.core.errors import BundleError, ProdmlError, StoreError
 from prodml.core.interfaces import ModelRef, ModelStore, ModelVersion
 from prodml.core.logs import register_secret
@@ -132,18 +140,30 @@ def register_config_secrets(config: Any) -> None:
             register_secret(value.get_secret_value())
 
 
-def md5_file_range(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
-    """Read ``length`` bytes of ``path`` at ``offset``; return (data, md5 digest)."""
-    with open(path, "rb") as fh:
-        data = os.pread(fh.fileno(), length, offset)
-    if len(data) != length:
-        raise StoreError(f"{path} changed while it was being uploaded (short read)")
-    return data, hashlib.md5(data).digest()
+def check_bundle_files(bundle_dir: Path) -> dict[str, str]:
+    """The manifest of ``bundle_dir`` after checking it lists exactly the files present.
+
+    Contents are not hashed here: pushes hash each file while uploading it.
+    """
+    manifest = read_manifest(bundle_dir)
+    present = set(bundle_files(bundle_dir))
+    problems = [f"missing {name}" for name in manifest if name not in present]
+    problems += [f"unlisted {name}" for name in sorted(present - set(manifest))]
+    if problems:
+        raise BundleError(
+            f"bundle {bundle_dir} does not match its {MANIFEST}: {'; '.join(problems[:10])}",
+            hint="the bundle was modified or partly copied; export it again from a clean run",
+        )
+    return manifest
 
 
 def run_parallel(pool: ThreadPoolExecutor, tasks: Iterable[Callable[[], Any]]) -> list[Any]:
     """Run ``tasks`` on ``pool``; on the first failure cancel the rest and raise it."""
-    futures: list[Future] = [pool.submit(task) for task in tasks]
+    return run_parallel_futures([pool.submit(task) for task in tasks])
+
+
+def run_parallel_futures(futures: list[Future]) -> list[Any]:
+    """Results of ``futures`` in order; on the first failure cancel the rest and raise it."""
     done, pending = wait(futures, return_when=FIRST_EXCEPTION)
     for future in done:
         if future.exception() is not None:
@@ -163,8 +183,12 @@ class ObjectStore(ModelStore):
     """
 
     store_type: str = ""
-    #: files at least this big are handed to :meth:`_put_large_file` (backends set it)
+    #: files at least this big go up in parts (multipart / blocks) and come down in ranges
     large_file_bytes: int = 1 << 62
+    #: size of those parts (backends set both from their config)
+    part_bytes: int = 16 << 20
+    #: most parts one object may have
+    max_parts: int = 10_000
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -200,15 +224,20 @@ class ObjectStore(ModelStore):
     def _write(self, key: str, data: bytes, *, overwrite: bool) -> None:
         """Store a small object; with ``overwrite=False`` raise VersionExists if present."""
 
-    @abc.abstractmethod
-    def _put_file(self, key: str, path: Path, size: int, progress: TransferProgress) -> None:
-        """Upload a file create-only and verify what landed (called from worker threads)."""
+    def _begin_upload(self, key: str) -> Any:
+        """Start a create-only upload in parts; return what the other part calls need."""
+        raise NotImplementedError(f"{type(self).__name__} does not upload in parts")
 
-    def _put_large_file(
-        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor
-    ) -> None:
-        """Upload a big file (in parallel parts, using ``pool``); default: as a small one."""
-        self._put_file(key, path, size, progress)
+    def _upload_part(self, upload: Any, number: int, data: bytes) -> Any:
+        """Store part ``number`` (from 1) with an integrity check; return what completing needs."""
+        raise NotImplementedError(f"{type(self).__name__} does not upload in parts")
+
+    def _complete_upload(self, upload: Any, parts: list[Any]) -> None:
+        """Assemble the parts, create-only (VersionExists when the object is there)."""
+        raise NotImplementedError(f"{type(self).__name__} does not upload in parts")
+
+    def _abort_upload(self, upload: Any) -> None:
+        """Discard an unfinished upload (best effort)."""
 
     @abc.abstractmethod
     def _get_file(
@@ -262,7 +291,8 @@ class ObjectStore(ModelStore):
         """Upload ``bundle_dir`` as a new immutable version, then point ``latest`` at it."""
         bundle_dir = Path(bundle_dir)
         check_model_name(model_name)
-        manifest = verify_bundle(bundle_dir)
+        # file list now; contents are hashed once, while they are uploaded (_upload_version)
+        manifest = check_bundle_files(bundle_dir)
         manifest_bytes = (bundle_dir / MANIFEST).read_bytes()
         digest = hashlib.sha256(manifest_bytes).hexdigest()
         version = new_version(bundle_dir)
@@ -301,6 +331,7 @@ class ObjectStore(ModelStore):
         large = [rel for rel in manifest if sizes[rel] >= self.large_file_bytes]
         label = f"push {model_name} {version}"
         uploaded: list[str] = []
+        hashes: dict[str, str] = {}
         try:
             try:
                 with (
@@ -309,12 +340,15 @@ class ObjectStore(ModelStore):
                 ):
 
                     def put(rel: str) -> None:
-                        self._put_file(join_key(vkey, rel), bundle_dir / rel, sizes[rel], progress)
+                        data = (bundle_dir / rel).read_bytes()
+                        hashes[rel] = hashlib.sha256(data).hexdigest()
+                        self._write(join_key(vkey, rel), data, overwrite=False)
                         uploaded.append(rel)
+                        progress.add(len(data))
 
                     run_parallel(pool, [lambda rel=rel: put(rel) for rel in small])
                     for rel in large:  # one at a time, its parts in parallel on the same pool
-                        self._put_large_file(
+                        hashes[rel] = self._put_in_parts(
                             join_key(vkey, rel), bundle_dir / rel, sizes[rel], progress, pool
                         )
                         uploaded.append(rel)
@@ -324,6 +358,13 @@ class ObjectStore(ModelStore):
                     "(left by an interrupted push); stored versions are never overwritten",
                     hint="push again in a second (version ids carry the time)",
                 ) from None
+            changed = sorted(rel for rel, digest in manifest.items() if hashes.get(rel) != digest)
+            if changed:
+                raise BundleError(
+                    f"bundle {bundle_dir} does not match its {MANIFEST}: changed {', '.join(changed[:10])}; "
+                    "nothing was published",
+                    hint="the bundle was modified after it was written; export it again from a clean run",
+                )
             self._check_landed(vkey, sizes)
             try:
                 self._write(join_key(vkey, MANIFEST), manifest_bytes, overwrite=False)
@@ -340,6 +381,58 @@ class ObjectStore(ModelStore):
                 with contextlib.suppress(Exception):
                     self._delete([join_key(vkey, rel) for rel in uploaded])
             raise
+
+    def part_size(self, size: int) -> int:
+        """Part size for an object of ``size`` bytes (bigger when it would need too many)."""
+        return max(self.part_bytes, -(-size // self.max_parts))
+
+    def _put_in_parts(
+        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor
+    ) -> str:
+        """Upload a big file in parallel parts; return its sha256.
+
+        The file is read once, in order, here: each part is hashed into the file's sha256
+        while the parts before it are on the wire. At most ``concurrency + 1`` parts are in
+        memory at a time.
+        """
+        part_size = self.part_size(size)
+        upload = self._begin_upload(key)
+        digest = hashlib.sha256()
+        slots = threading.BoundedSemaphore(self.concurrency + 1)
+        futures: list[Future] = []
+
+        def send(number: int, data: bytes) -> Any:
+            try:
+                result = self._upload_part(upload, number, data)
+                progress.add(len(data))
+                return result
+            finally:
+                slots.release()
+
+        try:
+            with open(path, "rb") as fh:
+                for number, offset in enumerate(range(0, size, part_size), start=1):
+                    data = fh.read(min(part_size, size - offset))
+                    if len(data) != min(part_size, size - offset):
+                        raise BundleError(f"{path} changed while it was being uploaded (short read)")
+                    digest.update(data)
+                    slots.acquire()
+                    failed = next((f for f in futures if f.done() and f.exception()), None)
+                    if failed is not None:
+                        slots.release()
+                        raise failed.exception()  # type: ignore[misc]
+                    futures.append(pool.submit(send, number, data))
+                    del data
+            parts = run_parallel_futures(futures)
+            self._complete_upload(upload, parts)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            with contextlib.suppress(Exception):
+                self._abort_upload(upload)
+            raise
+        return digest.hexdigest()
 
     def _check_landed(self, vkey: str, sizes: dict[str, int]) -> None:
         """Every file is there with its size (content was checked per request)."""

