@@ -19,6 +19,7 @@ Backends implement a handful of object primitives on :class:`ObjectStore`.
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import hashlib
 import json
@@ -240,10 +241,8 @@ class ObjectStore(ModelStore):
         """Discard an unfinished upload (best effort)."""
 
     @abc.abstractmethod
-    def _get_file(
-        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor | None
-    ) -> None:
-        """Download ``key`` to ``path`` (its folder exists); ``pool`` is given for big files."""
+    def _read_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of object ``key`` from ``offset`` (called from worker threads)."""
 
     @abc.abstractmethod
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -434,6 +433,51 @@ class ObjectStore(ModelStore):
             raise
         return digest.hexdigest()
 
+    def _get_in_parts(
+        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor
+    ) -> str:
+        """Download a big object in parallel ranges into ``path``; return its sha256.
+
+        Ranges are fetched by the pool and written here, in order, hashing each on the way,
+        so the file is never read back; at most ``concurrency + 1`` ranges are in memory.
+        """
+        part_size = self.part_size(size)
+        digest = hashlib.sha256()
+        offsets = iter(range(0, size, part_size))
+        pending: collections.deque[Future] = collections.deque()
+
+        def fetch(offset: int) -> bytes:
+            length = min(part_size, size - offset)
+            data = self._read_range(key, offset, length)
+            if len(data) != length:
+                raise StoreError(
+                    f"short read of {self._location(key)}: {len(data)} of {length} bytes at {offset}"
+                )
+            return data
+
+        def submit_next() -> None:
+            offset = next(offsets, None)
+            if offset is not None:
+                pending.append(pool.submit(fetch, offset))
+
+        try:
+            for _ in range(self.concurrency + 1):
+                submit_next()
+            with open(path, "wb") as fh:
+                while pending:
+                    data = pending.popleft().result()
+                    submit_next()
+                    digest.update(data)
+                    fh.write(data)
+                    progress.add(len(data))
+                    del data
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            wait(list(pending))
+            raise
+        return digest.hexdigest()
+
     def _check_landed(self, vkey: str, sizes: dict[str, int]) -> None:
         """Every file is there with its size (content was checked per request)."""
         found = {info.key[len(vkey) + 1 :]: info.size for info in self._list(vkey + "/")}
@@ -559,36 +603,47 @@ class ObjectStore(ModelStore):
                     ),
                     hint="the stored version was modified; push the model again",
                 )
-            total = sum(listing[rel] for rel in entries)
             with staging(dest) as tmp:
-                with (
-                    TransferProgress(f"pull {ref.model_name} {ref.version}", total) as progress,
-                    ThreadPoolExecutor(self.concurrency, thread_name_prefix="prodml-pull") as pool,
-                ):
-                    small = [rel for rel in entries if listing[rel] < self.large_file_bytes]
-                    large = [rel for rel in entries if listing[rel] >= self.large_file_bytes]
-
-                    def get(rel: str) -> None:
-                        target = inside(tmp, rel)
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        self._get_file(join_key(vkey, rel), target, listing[rel], progress, None)
-
-                    run_parallel(pool, [lambda rel=rel: get(rel) for rel in small])
-                    for rel in large:
-                        target = inside(tmp, rel)
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        self._get_file(join_key(vkey, rel), target, listing[rel], progress, pool)
-                (tmp / MANIFEST).write_bytes(manifest_bytes)
-                try:
-                    verify_bundle(tmp)
-                except BundleError as exc:
+                label = f"pull {ref.model_name} {ref.version}"
+                hashes = self._download(vkey, {rel: listing[rel] for rel in entries}, tmp, label)
+                # every byte written was hashed on its way in: compare with the manifest
+                changed = sorted(rel for rel, digest in entries.items() if hashes.get(rel) != digest)
+                if changed:
                     raise BundleError(
                         f"{ref.model_name} {ref.version} from {self.describe()} failed verification, "
-                        f"refusing it: {exc.message.split(': ', 1)[-1]}",
+                        f"refusing it: changed {', '.join(changed[:10])}",
                         hint="the stored version was modified or damaged; push the model again",
-                    ) from None
+                    )
+                (tmp / MANIFEST).write_bytes(manifest_bytes)
         log.info("pulled %s %s into %s", ref.model_name, ref.version, dest)
         return dest
+
+    def _download(self, vkey: str, sizes: dict[str, int], folder: Path, label: str) -> dict[str, str]:
+        """Download the files ``sizes`` names into ``folder``; return their sha256 digests."""
+        hashes: dict[str, str] = {}
+        with (
+            TransferProgress(label, sum(sizes.values())) as progress,
+            ThreadPoolExecutor(self.concurrency, thread_name_prefix="prodml-pull") as pool,
+        ):
+
+            def get(rel: str) -> None:
+                data = self._read(join_key(vkey, rel))
+                if data is None:
+                    raise BundleError(f"{rel} disappeared from {self._location(vkey)} during the pull")
+                hashes[rel] = hashlib.sha256(data).hexdigest()
+                target = inside(folder, rel)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+                progress.add(len(data))
+
+            small = [rel for rel, size in sizes.items() if size < self.large_file_bytes]
+            run_parallel(pool, [lambda rel=rel: get(rel) for rel in small])
+            for rel, size in sizes.items():
+                if size >= self.large_file_bytes:  # one at a time, its ranges in parallel
+                    target = inside(folder, rel)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    hashes[rel] = self._get_in_parts(join_key(vkey, rel), target, size, progress, pool)
+        return hashes
 
 
 def inside(root: Path, rel: str) -> Path:

@@ -14,8 +14,6 @@ import logging
 import re
 import urllib.parse
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -31,7 +29,6 @@ from prodml.plugins.stores._base import (
     VersionExists,
     store_error,
 )
-from prodml.plugins.stores._progress import TransferProgress
 
 log = logging.getLogger("prodml.stores.azure_blob")
 MB = 1 << 20
@@ -331,21 +328,8 @@ class AzureBlobStore(ObjectStore):
     # an uncommitted block list cannot be deleted; Azure drops it after seven days and no
     # reader ever sees it, so _abort_upload has nothing to do
 
-    def _get_file(
-        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor | None
-    ) -> None:
-        done = [0]
-
-        def hook(current: int, total: int | None) -> None:
-            progress.add(current - done[0])
-            done[0] = current
-
-        concurrency = self.concurrency if pool is not None else 1
-        with open(path, "wb") as fh:
-            stream = self.container.get_blob_client(key).download_blob(
-                max_concurrency=concurrency, progress_hook=hook
-            )
-            stream.readinto(fh)
+    def _read_range(self, key: str, offset: int, length: int) -> bytes:
+        return self.container.get_blob_client(key).download_blob(offset=offset, length=length).readall()
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         for blob in self.container.list_blobs(name_starts_with=prefix):

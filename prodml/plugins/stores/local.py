@@ -13,7 +13,6 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -109,11 +108,9 @@ class LocalStore(ObjectStore):
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _get_file(
-        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor | None
-    ) -> None:
-        shutil.copyfile(self._path(key), path)
-        progress.add(size)
+    def _read_range(self, key: str, offset: int, length: int) -> bytes:
+        with open(self._path(key), "rb") as fh:
+            return os.pread(fh.fileno(), length, offset)
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/"))

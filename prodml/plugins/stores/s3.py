@@ -13,11 +13,8 @@ import base64
 import contextlib
 import hashlib
 import logging
-import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -31,10 +28,8 @@ from prodml.plugins.stores._base import (
     ObjectInfo,
     ObjectStore,
     VersionExists,
-    run_parallel,
     store_error,
 )
-from prodml.plugins.stores._progress import TransferProgress
 
 log = logging.getLogger("prodml.stores.s3")
 MB = 1 << 20
@@ -297,37 +292,10 @@ class S3Store(ObjectStore):
             Bucket=self.config.bucket, Key=upload["key"], UploadId=upload["id"]
         )
 
-    def _get_file(
-        self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor | None
-    ) -> None:
-        bucket = self.config.bucket
-        if pool is None or size < self.large_file_bytes:
-            response = self.client.get_object(Bucket=bucket, Key=key)
-            with open(path, "wb") as fh:
-                for chunk in response["Body"].iter_chunks(MB):
-                    fh.write(chunk)
-                    progress.add(len(chunk))
-            return
-        part_size = self.part_size(size)
-        with open(path, "wb") as fh:
-            fh.truncate(size)
-        fd = os.open(path, os.O_WRONLY)
-        try:
-
-            def fetch(offset: int) -> None:
-                end = min(offset + part_size, size) - 1
-                response = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{end}")
-                position = offset
-                for chunk in response["Body"].iter_chunks(MB):
-                    os.pwrite(fd, chunk, position)
-                    position += len(chunk)
-                    progress.add(len(chunk))
-                if position != end + 1:
-                    raise StoreError(f"short read of {self._location(key)}: {position - offset} bytes")
-
-            run_parallel(pool, [lambda o=o: fetch(o) for o in range(0, size, part_size)])
-        finally:
-            os.close(fd)
+    def _read_range(self, key: str, offset: int, length: int) -> bytes:
+        end = offset + length - 1
+        response = self.client.get_object(Bucket=self.config.bucket, Key=key, Range=f"bytes={offset}-{end}")
+        return response["Body"].read()
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
