@@ -70,6 +70,7 @@ class BundleModel(Model):
         self.output_name = "prediction"
         self.n_outputs = 0
         self._infer: Callable[[np.ndarray], np.ndarray] | None = None
+        self.inference_path = ""
         self._load_lock = threading.Lock()
         self._attempted = False
 
@@ -93,19 +94,21 @@ class BundleModel(Model):
                 return False
             self.ready = True
             log.info(
-                "model %r version %s ready in %.1f s (%d features -> %s[%d])",
+                "model %r version %s ready in %.1f s (%d features -> %s[%d], inference: %s)",
                 self.name,
                 self.version or "?",
                 time.monotonic() - started,
                 self.spec.n_features if self.spec else 0,
                 self.output_name,
                 self.n_outputs,
+                self.inference_path,
             )
             return True
 
     def _load(self) -> None:
         import tensorflow as tf
 
+        _limit_tf_threads(tf)
         from prodml.core.bundle import verify_bundle
 
         verify_bundle(self.bundle_dir)  # before any byte of the model is deserialised
@@ -130,10 +133,10 @@ class BundleModel(Model):
         self.n_outputs = int(probe.shape[1])
         self.output_name = (metadata.outputs or ["prediction"])[0]
 
-        def infer(matrix: np.ndarray) -> np.ndarray:
+        def tf_infer(matrix: np.ndarray) -> np.ndarray:
             return concrete(tf.constant(matrix)).numpy()
 
-        self._infer = infer
+        self._infer, self.inference_path = choose_inference(model, tf_infer, n)
         self.metadata = metadata
         self.spec = InputSpec(
             feature_names=names,
@@ -253,6 +256,64 @@ class BundleModel(Model):
         from prodml.plugins.servers._requests import finite_float32
 
         return finite_float32(values, spec, "online features")
+
+
+def choose_inference(
+    model: Any, tf_infer: Callable[[np.ndarray], np.ndarray], n_features: int
+) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """The compiled TF function, or the NumPy pass when it agrees with it and measures faster.
+
+    Agreement is checked on probe batches (zeros and random rows at several scales); speed
+    on one row, the common request. Anything else keeps TensorFlow.
+    """
+    from prodml.plugins.servers._fastpath import numpy_forward
+
+    fast = numpy_forward(model)
+    if fast is None:
+        return tf_infer, "tensorflow concrete function"
+    rng = np.random.default_rng(0)
+    probes = [np.zeros((1, n_features), np.float32)] + [
+        (rng.normal(size=(rows, n_features)) * scale).astype(np.float32)
+        for rows, scale in ((1, 1.0), (7, 1.0), (64, 3.0), (5, 100.0))
+    ]
+    for probe in probes:
+        want = tf_infer(probe)
+        got = fast(probe.copy())
+        tolerance = 1e-5 * max(1.0, float(np.abs(want).max()))
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=tolerance):
+            log.info("NumPy forward pass disagrees with TensorFlow for this model; serving with TensorFlow")
+            return tf_infer, "tensorflow concrete function"
+    one = probes[1]
+
+    def per_call(fn: Callable[[np.ndarray], np.ndarray]) -> float:
+        times = []
+        for _ in range(300):
+            start = time.perf_counter()
+            fn(one)
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    tf_time, np_time = per_call(tf_infer), per_call(fast)
+    if np_time < tf_time:
+        return fast, f"numpy (verified against TF; {np_time * 1e3:.3f} ms vs {tf_time * 1e3:.3f} ms per row)"
+    return tf_infer, f"tensorflow concrete function ({tf_time * 1e3:.3f} ms vs numpy {np_time * 1e3:.3f} ms)"
+
+
+def _limit_tf_threads(tf: Any) -> None:
+    """One TensorFlow thread per pool unless PRODML_TF_THREADS says otherwise.
+
+    A served request is a few rows through a small network: TF's default pools (one thread
+    per core each) only wake threads that compete with the event loop for the same cores.
+    Batch-heavy deployments can raise it (or use server.workers).
+    """
+    threads = int(os.environ.get("PRODML_TF_THREADS", "1"))
+    if threads <= 0:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TF already initialised its runtime in this process: keep its pools
+        log.debug("TensorFlow thread pools were already set up; PRODML_TF_THREADS not applied")
 
 
 def load_keras_bundle(bundle_dir: Path, *, trust_model_code: bool = False) -> tuple[Any, Any]:
@@ -388,7 +449,12 @@ async def _send_json(send: Callable, status: int, message: str) -> None:
 async def _rejected_handler(_request: Any, exc: Exception) -> Any:
     from fastapi.responses import ORJSONResponse
 
-    status = 404 if isinstance(exc, ModelNotFound) else getattr(exc, "status", 400)
+    if isinstance(exc, ModelNotFound):
+        status = 404
+    elif isinstance(exc, ModelNotReady | ServerNotReady):
+        status = 503
+    else:
+        status = getattr(exc, "status", 400)
     message = getattr(exc, "message", None) or getattr(exc, "reason", None) or str(exc)
     if isinstance(exc, InvalidInput) and message.startswith("Unrecognized request format: "):
         # KServe's wording for a body its JSON decoder refused
@@ -440,6 +506,9 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
             f"cannot listen on {host}:{port}: {exc.strerror or exc}",
             hint="another process uses the port: stop it, or set server.port (0 picks a free port)",
         ) from None
+    # Accepted connections inherit TCP_NODELAY (Linux): without it, a response written as
+    # headers + body stalls ~40 ms per keep-alive request on Nagle and delayed ACKs.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -483,6 +552,9 @@ def serve(model: Model, options: ServeOptions, *, sock: socket.socket | None = N
     app.add_exception_handler(RequestRejected, _rejected_handler)
     app.add_exception_handler(InvalidInput, _rejected_handler)
     app.add_exception_handler(ModelNotFound, _rejected_handler)
+    # not-ready answers are expected while loading (and polled often): no traceback per poll
+    app.add_exception_handler(ModelNotReady, _rejected_handler)
+    app.add_exception_handler(ServerNotReady, _rejected_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_middleware(BodyLimitMiddleware, max_bytes=options.max_request_bytes)
     if not options.access_log:
