@@ -1,0 +1,82 @@
+"""examples/plugin, installed with pip like any third-party package, selected by `type:`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prodml.core.plugins import AUTOLOAD_ENV
+
+REPO = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(REPO / "examples" / "plugin"),
+        ],
+        check=True,
+    )
+    return site
+
+
+def env_with(site: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != AUTOLOAD_ENV}
+    env["PYTHONPATH"] = str(site)
+    return env
+
+
+def test_example_plugin_passes_the_conformance_suite(plugin_site: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "examples/plugin/tests")],
+        capture_output=True,
+        text=True,
+        env=env_with(plugin_site),
+        cwd=plugin_site,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+def test_example_plugin_selected_by_config_feeds_the_pipeline(plugin_site: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    csv = pd.read_csv(REPO / "examples/quickstart/data/train.csv")
+    csv.insert(0, "row_id", range(len(csv)))
+    csv.to_parquet(tmp_path / "train.parquet")
+    (tmp_path / "prodml.yaml").write_text(
+        "project: parquet-demo\n"
+        "source: {type: parquet, path: train.parquet, label: target, drop: [row_id]}\n"
+        f"runner: {{type: local, work_dir: {tmp_path / 'work'}}}\n"
+        "stages: [fetch]\n"
+    )
+    listing = subprocess.run(
+        [sys.executable, "-m", "prodml", "plugins"], capture_output=True, text=True, env=env_with(plugin_site)
+    )
+    assert any(line.split()[:2] == ["parquet", "prodml-parquet"] for line in listing.stdout.splitlines())
+    run = subprocess.run(
+        [sys.executable, "-m", "prodml", "run", "-c", str(tmp_path / "prodml.yaml")],
+        capture_output=True,
+        text=True,
+        env=env_with(plugin_site),
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    (schema,) = (tmp_path / "work" / "runs").glob("*/dataset/schema.json")
+    assert json.loads(schema.read_text())["feature_names"] == ["sqft", "rooms", "age", "distance", "quality"]
