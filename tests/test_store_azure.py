@@ -94,9 +94,12 @@ def test_account_key_auth(azurite_server: Azurite, tmp_path) -> None:
     assert store.resolve(MODEL) == ref
 
 
-def test_config_needs_exactly_one_way_to_connect() -> None:
-    with pytest.raises(ValidationError, match="connection_string, or account_url"):
-        AzureBlobStoreConfig.model_validate({"type": "azure_blob", "container": "models"})
+def test_config_takes_at_most_one_way_to_connect() -> None:
+    # neither: $AZURE_STORAGE_CONNECTION_STRING at run time; "" (an unset ${env:X:-}) is neither
+    config = AzureBlobStoreConfig.model_validate(
+        {"type": "azure_blob", "container": "models", "connection_string": ""}
+    )
+    assert config.connection_string is None
     with pytest.raises(ValidationError, match="not both"):
         AzureBlobStoreConfig.model_validate(
             {
@@ -127,3 +130,10 @@ def test_create_container(azurite_server: Azurite, tmp_path) -> None:
         make_bundle(tmp_path / "b"), MODEL
     )
     assert "/prodml-created/" in ref.uri
+
+
+def test_connection_string_from_the_environment(azurite_server: Azurite, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_server.connection_string)
+    section = {k: v for k, v in azurite_server.store_config().items() if k != "connection_string"}
+    store = AzureBlobStore(AzureBlobStoreConfig.model_validate(section))
+    assert store.resolve(MODEL, store.push(make_bundle(tmp_path / "b"), MODEL).version)

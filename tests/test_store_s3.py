@@ -83,6 +83,11 @@ def test_config_needs_both_keys_or_neither() -> None:
         S3StoreConfig.model_validate({"type": "s3", "bucket": "models", "access_key_id": "AKIA"})
     config = S3StoreConfig.model_validate({"type": "s3", "bucket": "models"})
     assert config.access_key_id is None and config.addressing_style == "auto"
+    # what `${env:AWS_ACCESS_KEY_ID:-}` gives when the variable is unset: the credential chain
+    config = S3StoreConfig.model_validate(
+        {"type": "s3", "bucket": "models", "access_key_id": "", "secret_access_key": ""}
+    )
+    assert config.access_key_id is None and config.secret_access_key is None
 
 
 def test_config_masks_credentials() -> None:

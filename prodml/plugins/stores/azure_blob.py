@@ -11,16 +11,17 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import os
 import re
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from prodml import hookimpl
 from prodml.core.config import PluginConfig
-from prodml.core.errors import ConfigError
+from prodml.core.errors import ConfigError, StoreError
 from prodml.core.logs import register_secret
 from prodml.core.plugins import Backend
 from prodml.plugins.stores._base import (
@@ -34,6 +35,8 @@ log = logging.getLogger("prodml.stores.azure_blob")
 MB = 1 << 20
 #: Azure allows at most this many blocks per blob
 MAX_BLOCKS = 50_000
+#: read when the config names no credentials (the Azure SDK and CLI convention)
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 
 
 class AzureBlobStoreConfig(PluginConfig):
@@ -41,7 +44,8 @@ class AzureBlobStoreConfig(PluginConfig):
 
     Authenticate with ``connection_string``, or with ``account_url`` plus ``credential``
     (an account key or a SAS token); with ``account_url`` alone, azure-identity's
-    DefaultAzureCredential is used when it is installed.
+    DefaultAzureCredential is used when it is installed; with neither, the connection string
+    in ``$AZURE_STORAGE_CONNECTION_STRING``.
     """
 
     type: Literal["azure_blob"]
@@ -77,10 +81,16 @@ class AzureBlobStoreConfig(PluginConfig):
         description="a push removes incomplete versions (no manifest) of the same model older than this",
     )
 
+    @field_validator("connection_string", "credential", "account_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `${env:VAR:-}` gives "" when VAR is unset: treat it as not configured
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _one_way_to_connect(self) -> AzureBlobStoreConfig:
-        if self.connection_string is None and not self.account_url:
-            raise ValueError("set connection_string, or account_url (with credential: an account key or SAS)")
+        # neither is fine: the client then reads $AZURE_STORAGE_CONNECTION_STRING (like boto3's
+        # credential chain), which is how a pipeline step gets it from a Kubernetes Secret
         if self.connection_string is not None and (self.account_url or self.credential is not None):
             raise ValueError("set either connection_string or account_url + credential, not both")
         if self.prefix.startswith("/"):
@@ -92,16 +102,17 @@ def _is_sas(credential: str) -> bool:
     return "sig=" in credential
 
 
-def _register_azure_secrets(config: AzureBlobStoreConfig) -> None:
+def _register_azure_secrets(connection_string: str | None, credential: str | None) -> None:
     """Mask the key and SAS signature inside connection strings and tokens, also URL-encoded."""
     values: list[str] = []
-    if config.connection_string is not None:
-        for part in config.connection_string.get_secret_value().split(";"):
+    if connection_string:
+        register_secret(connection_string)
+        for part in connection_string.split(";"):
             name, _, value = part.partition("=")
             if name.strip().lower() in ("accountkey", "sharedaccesssignature"):
                 values.append(value)
-    if config.credential is not None:
-        values.append(config.credential.get_secret_value())
+    if credential:
+        values.append(credential)
     for value in list(values):
         query = urllib.parse.parse_qs(value.lstrip("?"))
         values += query.get("sig", [])
@@ -128,7 +139,10 @@ class AzureBlobStore(ObjectStore):
 
     def __init__(self, config: AzureBlobStoreConfig) -> None:
         super().__init__(config)
-        _register_azure_secrets(config)
+        _register_azure_secrets(
+            config.connection_string.get_secret_value() if config.connection_string else None,
+            config.credential.get_secret_value() if config.credential else None,
+        )
         self.large_file_bytes = config.single_put_mb * MB
         self.part_bytes = config.block_size_mb * MB
         self.max_parts = MAX_BLOCKS
@@ -158,14 +172,24 @@ class AzureBlobStore(ObjectStore):
             "max_chunk_get_size": c.block_size_mb * MB,
             "user_agent": "prodml",
         }
-        if c.connection_string is not None:
-            try:
-                return BlobServiceClient.from_connection_string(
-                    c.connection_string.get_secret_value(), **options
+        connection_string = c.connection_string.get_secret_value() if c.connection_string else None
+        if connection_string is None and not c.account_url:
+            connection_string = os.environ.get(CONNECTION_STRING_ENV) or None
+            if connection_string is None:
+                raise StoreError(
+                    f"no Azure credentials for container {c.container!r}: store.connection_string and "
+                    f"store.account_url are unset and ${CONNECTION_STRING_ENV} is empty",
+                    hint=f"export {CONNECTION_STRING_ENV}='DefaultEndpointsProtocol=https;AccountName=...;"
+                    "AccountKey=...', or set store.account_url + store.credential",
                 )
+            _register_azure_secrets(connection_string, None)
+        if connection_string is not None:
+            try:
+                return BlobServiceClient.from_connection_string(connection_string, **options)
             except ValueError:
                 raise ConfigError(
-                    "store.connection_string is not a valid Azure Storage connection string",
+                    "the Azure Storage connection string is not valid",
+                    field="store.connection_string",
                     hint="copy it from the portal (Access keys), or use account_url + credential",
                 ) from None
         url = str(c.account_url).rstrip("/")

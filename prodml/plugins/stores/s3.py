@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from prodml import hookimpl
 from prodml.core.config import PluginConfig
@@ -74,6 +74,14 @@ class S3StoreConfig(PluginConfig):
         description="a push aborts unfinished multipart uploads and removes incomplete versions of the "
         "same model older than this (left by killed pushes)",
     )
+
+    @field_validator(
+        "access_key_id", "secret_access_key", "session_token", "endpoint_url", "region", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `${env:VAR:-}` gives "" when VAR is unset: fall back to boto3's credential chain
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _pair(self) -> S3StoreConfig:
