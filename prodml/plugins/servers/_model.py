@@ -226,8 +226,13 @@ class BundleModel(Model):
         """Fetch the model's features for ``entity_rows`` from the source's online store."""
         assert self.spec is not None
         spec = self.spec
+        from prodml.core.errors import DataError
+
         try:
             frame = self.source.online_features(list(entity_rows))
+        except DataError as exc:  # the source's word for entities it has no online values for
+            keys = ", ".join(_key_text(row, spec.entity_keys) for row in entity_rows[:5])
+            raise RequestRejected(404, f"online features not found for {keys}: {exc.message}") from None
         except Exception as exc:
             log.warning("online feature lookup failed: %s", _describe(exc))
             raise RequestRejected(
