@@ -45,7 +45,7 @@ class AzureBlobStoreConfig(PluginConfig):
     Authenticate with ``connection_string``, or with ``account_url`` plus ``credential``
     (an account key or a SAS token); with ``account_url`` alone, azure-identity's
     DefaultAzureCredential is used when it is installed; with neither, the connection string
-    in ``$AZURE_STORAGE_CONNECTION_STRING``.
+    in `$AZURE_STORAGE_CONNECTION_STRING`.
     """
 
     type: Literal["azure_blob"]
