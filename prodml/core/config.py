@@ -196,13 +196,24 @@ class ConfigBase(BaseModel):
         _collect_secrets(self, found)
         return [s for s in found if s]
 
-    def digest(self) -> str:
-        """sha256 of the public (secret-free) config, stable across runs."""
+    def digest(self, sections: tuple[str, ...] | None = None) -> str:
+        """sha256 of the public (secret-free) config, or of some of its top-level keys."""
         import hashlib
         import json
 
-        text = json.dumps(self.public_dict(), sort_keys=True, default=str)
+        public = self.public_dict()
+        if sections is not None:
+            public = {k: v for k, v in public.items() if k in sections}
+        text = json.dumps(public, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def model_digest(self) -> str:
+        """sha256 of what determines the trained model (project, source, trainer), secret-free.
+
+        Recorded in prodml.json: the same data and model code give the same digest whichever
+        store, server or runner a run used.
+        """
+        return self.digest(("project", "source", "trainer"))
 
 
 #: The type of a loaded config (a subclass of ConfigBase built for the installed plugins).
