@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from prodml.core import plugins
@@ -17,3 +22,32 @@ def _isolated_plugins(monkeypatch: pytest.MonkeyPatch):
     plugins.reset_default_registry()
     yield
     plugins.reset_default_registry()
+
+
+@pytest.fixture(scope="module")
+def pip_site(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """Install a package folder for real (pip, with its .dist-info) into a new site folder.
+
+    Returns the folder; put it on PYTHONPATH and prodml finds the package's entry points.
+    """
+
+    def install(package: Path) -> Path:
+        site = tmp_path_factory.mktemp("site")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "--target",
+                str(site),
+                str(package),
+            ],
+            check=True,
+        )
+        return site
+
+    return install

@@ -16,24 +16,8 @@ REPO = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    site = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(site),
-            str(REPO / "examples" / "plugin"),
-        ],
-        check=True,
-    )
-    return site
+def plugin_site(pip_site) -> Path:
+    return pip_site(REPO / "examples" / "plugin")
 
 
 def env_with(site: Path) -> dict[str, str]:

@@ -22,26 +22,11 @@ REPO = HERE.parent
 
 
 @pytest.fixture(scope="module")
-def hello_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """prodml-hello installed for real (pip, with its .dist-info) into a site folder."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(HERE / "plugin_pkg"),
-        ],
-        check=True,
-    )
-    assert list(target.glob("prodml_hello-*.dist-info"))
-    return target
+def hello_site(pip_site) -> Path:
+    """prodml-hello installed for real into a site folder."""
+    site = pip_site(HERE / "plugin_pkg")
+    assert list(site.glob("prodml_hello-*.dist-info"))
+    return site
 
 
 def run_prodml(
