@@ -44,6 +44,7 @@ def train_tiny_bundle(
 
     frame = regression_frame(rows=64) if frame is None else frame
     columns = [str(c) for c in frame.columns]
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     model_file = Path(out_dir).parent / "tiny_model.py"
     model_file.write_text(TINY_MODEL, encoding="utf-8")
     config = KerasTrainerConfig(type="keras", model=f"{model_file}:build_model", epochs=epochs, seed=7)

@@ -217,6 +217,7 @@ def inference_service(server: Any, plan: ClusterPlan, access: StorageAccess | No
     }
     if server.runtime == "tensorflow":
         predictor["model"] = V1beta1ModelSpec(
+            name="kserve-container",
             model_format=V1beta1ModelFormat(name="tensorflow"),
             protocol_version=server.protocol,
             storage_uri=plan.storage_uri,

@@ -1,0 +1,97 @@
+"""Feature lookup at inference: requests carrying only entity keys, against the example Feast repo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.feast, pytest.mark.kserve]
+
+feast = pytest.importorskip("feast")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def feast_served(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import pandas as pd
+
+    from prodml.core.config import load_config
+    from prodml.core.plugins import Registry
+    from prodml.plugins.servers.kserve import KServeServer, KServeServerConfig
+    from prodml.plugins.stores.local import LocalStore, LocalStoreConfig
+    from prodml.testing.servers import train_tiny_bundle
+
+    tmp = tmp_path_factory.mktemp("feast_serve")
+    repo = tmp / "feast_repo"
+    shutil.copytree(
+        REPO / "examples" / "feast_repo", repo, ignore=shutil.ignore_patterns(".feast", "__pycache__")
+    )
+    config_file = tmp / "prodml.yaml"
+    config_file.write_text(
+        "project: houses\nstages: [fetch]\n"
+        "source: {type: feast, repo_path: feast_repo, feature_service: house_price_model,\n"
+        "         entity_df: feast_repo/data/house_sales.parquet, label: target}\n"
+    )
+    config = load_config(config_file, registry=Registry(autoload=False))
+    source = Registry(autoload=False).create("source", config.source)
+    frame = source.training_frame()  # also materializes the online store
+    schema = source.schema(frame)
+    bundle = train_tiny_bundle(
+        tmp / "trained" / "bundle",
+        frame=frame,
+        model_name="houses",
+        feature_refs=schema.feature_refs,
+        entity_keys=schema.entity_keys,
+    )
+    store = LocalStore(LocalStoreConfig(type="local", root=tmp / "store"))
+    ref = store.push(bundle, "houses")
+    server = KServeServer(
+        KServeServerConfig(type="kserve", port=0, feature_lookup=True, state_dir=tmp / "state")
+    )
+    endpoint = server.deploy(ref, store, source)
+    ids = pd.read_parquet(repo / "data" / "house_sales.parquet")[schema.entity_keys[0]].drop_duplicates()
+    try:
+        yield endpoint, source, bundle, schema, [int(i) for i in ids.head(3)]
+    finally:
+        server.undeploy("houses")
+
+
+def test_entity_keys_are_looked_up_and_predicted(feast_served: Any) -> None:
+    from prodml.plugins.servers import client
+    from prodml.testing.servers import in_process_predictions
+
+    endpoint, source, bundle, schema, ids = feast_served
+    key = schema.entity_keys[0]
+    rows = [{key: i} for i in ids]
+    online = source.online_features(rows)[list(schema.feature_names)].to_numpy(dtype=np.float32)
+    expected = in_process_predictions(bundle, online)
+
+    v1 = client.predictions(client.predict(endpoint.url, "houses", rows))
+    np.testing.assert_allclose(np.asarray(v1, dtype=np.float32), expected, rtol=1e-4, atol=1e-5)
+    v2 = client.predictions(client.predict(endpoint.url, "houses", rows, protocol="v2"))
+    np.testing.assert_allclose(np.asarray(v2, dtype=np.float32), expected, rtol=1e-4, atol=1e-5)
+    # features given directly still work beside lookups
+    direct = [dict(zip(schema.feature_names, map(float, r), strict=True)) for r in online]
+    v1_direct = client.predictions(client.predict(endpoint.url, "houses", direct))
+    np.testing.assert_allclose(np.asarray(v1_direct, dtype=np.float32), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_entity_is_404_naming_the_key(feast_served: Any) -> None:
+    from prodml.plugins.servers import client
+
+    endpoint, _source, _bundle, schema, ids = feast_served
+    key = schema.entity_keys[0]
+    with pytest.raises(client.PredictionError) as caught:
+        client.predict(endpoint.url, "houses", [{key: ids[0]}, {key: 987654321}])
+    assert caught.value.status == 404
+    assert "987654321" in caught.value.reason and key in caught.value.reason
+    with pytest.raises(client.PredictionError) as wrong_key:
+        client.predict(endpoint.url, "houses", [{"no_such_key": 1}])
+    assert wrong_key.value.status == 400 and key in wrong_key.value.reason
+    assert json.loads(json.dumps(client.call(f"{endpoint.url}/v2/health/ready"))) == {"ready": True}
