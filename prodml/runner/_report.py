@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from prodml.core.interfaces import DatasetSchema, Endpoint, ModelRef, TrainResult
+from prodml.core.interfaces import DatasetSchema, Endpoint, ModelRef, RunSummary, TrainResult
 
 if TYPE_CHECKING:
     from prodml.core.config import ProdmlConfig
@@ -109,3 +109,39 @@ def stop_server(
     server = (registry or default_registry()).create("server", config.server)  # type: ignore[arg-type]
     server.undeploy(endpoint.model_name)
     print(f"server stopped (run with --keep-serving to leave {endpoint.model_name} running)", file=out)
+
+
+def finish_run(
+    run: Any,
+    config: ProdmlConfig,
+    *,
+    runner_type: str,
+    stages: tuple[str, ...],
+    outputs: dict[str, str],
+    seconds: dict[str, float],
+    endpoint: Endpoint | None,
+    dataset_dir: Path | None,
+    keep_serving: bool,
+    registry: Registry | None,
+    out: TextIO,
+) -> RunSummary:
+    """End a successful run the same way for every runner.
+
+    Shows the endpoint and a sample prediction, stops the server unless asked to keep it,
+    and records the summary in the run folder.
+    """
+    if endpoint is not None:
+        show_endpoint(endpoint, dataset_dir, out)
+        if not keep_serving:
+            stop_server(config, endpoint, registry, out)
+            run.record["server_stopped"] = True
+    summary = RunSummary(
+        run_id=run.run_id,
+        runner=runner_type,
+        stages=stages,
+        outputs=outputs,
+        seconds=seconds,
+        endpoint=endpoint,
+    )
+    run.finish("ok", summary=summary.model_dump(mode="json"))
+    return summary

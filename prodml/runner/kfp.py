@@ -118,7 +118,7 @@ class KfpLocalRunner(Runner):
         from kfp import local
 
         from prodml.runner._pipeline import build_pipeline, pipeline_config
-        from prodml.runner._report import show_endpoint, stop_server
+        from prodml.runner._report import finish_run
         from prodml.runner._runs import RunFolder
 
         if start_at is not None:
@@ -169,21 +169,20 @@ class KfpLocalRunner(Runner):
 
         outputs, seconds, endpoint = self._collect(run, pipeline_root, stages)
         seconds["pipeline"] = round(total, 3)
-        if endpoint is not None:
-            dataset = outputs.get("fetch")
-            show_endpoint(endpoint, Path(dataset) if dataset else None, self.out)
-            if not keep_serving:
-                stop_server(config, endpoint, registry, self.out)
-                run.record["server_stopped"] = True
-        summary = RunSummary(
-            run_id=run.run_id,
-            runner=self.config.type,
+        dataset = outputs.get("fetch")
+        summary = finish_run(
+            run,
+            config,
+            runner_type=self.config.type,
             stages=stages,
             outputs=outputs,
             seconds=seconds,
             endpoint=endpoint,
+            dataset_dir=Path(dataset) if dataset else None,
+            keep_serving=keep_serving,
+            registry=registry,
+            out=self.out,
         )
-        run.finish("ok", summary=summary.model_dump(mode="json"))
         print(f"run {run.run_id} done in {total:.1f}s: {run.root / 'run.json'}", file=self.out)
         return summary
 

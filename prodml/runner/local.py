@@ -91,7 +91,7 @@ class LocalRunner(Runner):
             RunnerError: a stage failed (the message says how to resume), or ``start_at``
                 cannot be resumed from.
         """
-        from prodml.runner._report import Progress, show_endpoint, stop_server
+        from prodml.runner._report import Progress, finish_run
         from prodml.runner._runs import RunFolder
 
         check_start(config, start_at)
@@ -137,20 +137,19 @@ class LocalRunner(Runner):
         dataset_dir = run.dataset_dir if run.dataset_dir.is_dir() else None
         if dataset_dir is None and "fetch" in inputs:
             dataset_dir = Path(inputs["fetch"])
-        if endpoint is not None:
-            show_endpoint(endpoint, dataset_dir, self.out)
-            if not keep_serving:
-                stop_server(config, endpoint, registry, self.out)
-                run.record["server_stopped"] = True
-        summary = RunSummary(
-            run_id=run.run_id,
-            runner=self.config.type,
+        summary = finish_run(
+            run,
+            config,
+            runner_type=self.config.type,
             stages=stages,
             outputs=outputs,
             seconds=seconds,
             endpoint=endpoint,
+            dataset_dir=dataset_dir,
+            keep_serving=keep_serving,
+            registry=registry,
+            out=self.out,
         )
-        run.finish("ok", summary=summary.model_dump(mode="json"))
         print(f"run {run.run_id} done: {run.root / 'run.json'}", file=self.out)
         return summary
 
