@@ -42,6 +42,7 @@ from prodml.core.plugins import Registry
 from prodml.testing.services import Azurite, SeaweedFS, ServiceUnavailable
 
 MB = 1 << 20
+VERBOSE = "-v" in sys.argv or "--verbose" in sys.argv
 OUT = Path(__file__).resolve().parent / ".out"
 
 
@@ -77,6 +78,8 @@ def interleaved(
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+            if VERBOSE:
+                print(f"    {name:<34}{times[name][-1]:>8.2f} s", flush=True)
     return {name: min(values) for name, values in times.items()}
 
 
@@ -239,6 +242,7 @@ def main() -> int:
         "--sweep", action="store_true", help="also prodml at concurrency 1-16 x part sizes (tuning)"
     )
     parser.add_argument("--backend", choices=["s3", "azure", "both"], default="both")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every round's time")
     parser.add_argument("--concurrency", type=int, default=8, help="prodml's max_concurrency")
     parser.add_argument("--part-size-mb", type=int, default=16, help="prodml's S3 part size")
     args = parser.parse_args()
