@@ -56,7 +56,7 @@ def test_csv_quickstart(tmp_path: Path) -> None:
     bundle, schema = fetch_and_train(config, tmp_path)
     meta = assert_both_loaders_agree(bundle, schema)
     assert meta.feature_refs == [] and meta.label == "target"
-    assert meta.config_digest == load_config(config).digest()
+    assert meta.config_digest == load_config(config).model_digest()
 
 
 @pytest.mark.feast
