@@ -69,17 +69,22 @@ def interleaved(
     contestants: dict[str, tuple[Callable[[], object], Callable[[], object] | None]], repeat: int
 ):
     """Run each contestant once per round, in turn (so load from other processes hits all of
-    them alike); return {name: best wall time}. ``before`` hooks run untimed."""
+    them alike), after one untimed warm-up round; return {name: best wall time}.
+    ``before`` hooks run untimed."""
     times: dict[str, list[float]] = {name: [] for name in contestants}
-    for _ in range(repeat):
+    # round 0 is an untimed warm-up: otherwise whoever runs first pays for new connections,
+    # thread pools and the server's cold caches (the first prodml pull measured 2x slower
+    # than the same settings a minute later)
+    for round_number in range(repeat + 1):
         for name, (fn, before) in contestants.items():
             if before:
                 before()
             start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
-            if VERBOSE:
-                print(f"    {name:<34}{times[name][-1]:>8.2f} s", flush=True)
+            if round_number:
+                times[name].append(time.perf_counter() - start)
+                if VERBOSE:
+                    print(f"    {name:<34}{times[name][-1]:>8.2f} s", flush=True)
     return {name: min(values) for name, values in times.items()}
 
 
