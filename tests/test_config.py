@@ -206,3 +206,16 @@ def test_model_digest_ignores_store_server_and_runner(tmp_path: Path) -> None:
     assert one.digest() != two.digest()
     three = load_config_dict({**base, "trainer": {**base["trainer"], "seed": 7}}, base_dir=tmp_path)
     assert three.model_digest() != one.model_digest()
+
+
+def test_already_interpolated_data_can_skip_interpolation(tmp_path: Path) -> None:
+    data = {
+        "project": "demo",
+        "source": {"type": "csv", "path": "x.csv", "label": "$${env:HOME}"},
+        "stages": ["fetch"],
+    }
+    once = load_config_dict(data, base_dir=tmp_path)
+    assert once.source.label == "${env:HOME}"
+    # a pipeline step re-validates the public dict: the literal must survive
+    again = load_config_dict(once.public_dict(), base_dir=tmp_path, interpolate_env=False)
+    assert again.source.label == "${env:HOME}"

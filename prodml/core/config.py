@@ -329,10 +329,15 @@ def load_config_dict(
     file: str | None = None,
     registry: Registry | None = None,
     source_file: Path | None = None,
+    interpolate_env: bool = True,
 ) -> ConfigBase:
-    """Validate config data already parsed from YAML (interpolates ``${env:...}`` first)."""
+    """Validate config data already parsed from YAML (interpolates ``${env:...}`` first).
+
+    Pass ``interpolate_env=False`` for data that was interpolated already (a pipeline step's
+    config parameter), so a literal written as ``$${env:X}`` stays literal.
+    """
     registry = registry or default_registry()
-    data = interpolate(dict(data), file=file)
+    data = interpolate(dict(data), file=file) if interpolate_env else dict(data)
     _check_types(data, registry, file)
     model = config_model(registry)
     base = Path(base_dir) if base_dir else Path.cwd()

@@ -59,7 +59,8 @@ def step_config(config_json: str) -> ProdmlConfig:
                 _put(data, path, value)
             except (KeyError, IndexError, TypeError):
                 continue  # the section is not in this config (a different pipeline's secrets)
-    return load_config_dict(data, base_dir=Path.cwd())
+    # the parameter holds an already interpolated config: `$${...}` literals must stay literal
+    return load_config_dict(data, base_dir=Path.cwd(), interpolate_env=False)
 
 
 def _report(stage: str, started: float, result: Any) -> None:
