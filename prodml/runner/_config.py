@@ -7,12 +7,15 @@ between them is one word in ``runner.type``. Keys that only matter for a cluster
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TextIO
 
 from pydantic import Field, SecretStr, field_validator
 
 from prodml.core.config import STAGES, ConfigPath, PluginConfig
+from prodml.core.interfaces import Runner
 
 #: KFP caching per stage unless configured: fetch reads data that lives outside the pipeline
 #: (a CSV that changed, a feature store that was materialised again), so a cached fetch would
@@ -109,3 +112,15 @@ class RunnerSettings(PluginConfig):
     def caching_of(self, stage: str) -> bool:
         """Whether KFP may reuse a cached result of ``stage``."""
         return self.enable_caching.get(stage, DEFAULT_CACHING[stage])
+
+
+class PrintingRunner(Runner):
+    """A runner that reports progress as lines on a stream (stdout unless a test passes one)."""
+
+    def __init__(self, config: RunnerSettings, *, stream: TextIO | None = None) -> None:
+        super().__init__(config)
+        self.stream = stream
+
+    @property
+    def out(self) -> TextIO:
+        return self.stream or sys.stdout

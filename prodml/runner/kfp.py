@@ -17,18 +17,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal
 
 from prodml import hookimpl
 from prodml.core.errors import RunnerError
-from prodml.core.interfaces import Endpoint, Runner, RunSummary
+from prodml.core.interfaces import Endpoint, RunSummary
 from prodml.core.plugins import Backend
-from prodml.runner._config import RunnerSettings
+from prodml.runner._config import PrintingRunner, RunnerSettings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -88,22 +87,18 @@ def _task_outputs(run_root: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-class KfpLocalRunner(Runner):
+class PipelineRunner(PrintingRunner):
+    """Runners of the KFP pipeline; both compile the same pipeline YAML a KFP UI accepts."""
+
+    def compile(self, config: ProdmlConfig, output: Path) -> Path:
+        """Write the cluster pipeline YAML (the pipeline kfp-local executes locally)."""
+        return compile_pipeline(config, output)
+
+
+class KfpLocalRunner(PipelineRunner):
     """The pipeline executed by kfp.local in subprocesses of this environment."""
 
     config: KfpLocalRunnerConfig
-
-    def __init__(self, config: KfpLocalRunnerConfig, *, stream: TextIO | None = None) -> None:
-        super().__init__(config)
-        self.stream = stream
-
-    @property
-    def out(self) -> TextIO:
-        return self.stream or sys.stdout
-
-    def compile(self, config: ProdmlConfig, output: Path) -> Path:
-        """Write the cluster pipeline YAML (the same pipeline this runner executes locally)."""
-        return compile_pipeline(config, output)
 
     def run(
         self,
@@ -290,22 +285,10 @@ def _state(value: Any) -> str:
     return str(value or "PENDING").upper()
 
 
-class KfpRunner(Runner):
+class KfpRunner(PipelineRunner):
     """The pipeline submitted to a Kubeflow Pipelines cluster with kfp.Client."""
 
     config: KfpRunnerConfig
-
-    def __init__(self, config: KfpRunnerConfig, *, stream: TextIO | None = None) -> None:
-        super().__init__(config)
-        self.stream = stream
-
-    @property
-    def out(self) -> TextIO:
-        return self.stream or sys.stdout
-
-    def compile(self, config: ProdmlConfig, output: Path) -> Path:
-        """Write the pipeline YAML a Kubeflow Pipelines UI accepts."""
-        return compile_pipeline(config, output)
 
     def client(self) -> Any:
         """A ``kfp.Client`` for ``runner.host`` (nothing is sent until it is used)."""

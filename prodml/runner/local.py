@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal
 
 from prodml import hookimpl
 from prodml.core.config import STAGES
 from prodml.core.errors import ProdmlError, RunnerError
-from prodml.core.interfaces import Endpoint, Runner, RunSummary
+from prodml.core.interfaces import Endpoint, RunSummary
 from prodml.core.plugins import Backend
-from prodml.runner._config import RunnerSettings
+from prodml.runner._config import PrintingRunner, RunnerSettings
 
 if TYPE_CHECKING:
     from prodml.core.config import ProdmlConfig
@@ -55,18 +54,10 @@ def check_start(config: ProdmlConfig, start_at: str | None) -> None:
         )
 
 
-class LocalRunner(Runner):
+class LocalRunner(PrintingRunner):
     """In-process, stage by stage, with a run folder and resume."""
 
     config: LocalRunnerConfig
-
-    def __init__(self, config: LocalRunnerConfig, *, stream: TextIO | None = None) -> None:
-        super().__init__(config)
-        self.stream = stream
-
-    @property
-    def out(self) -> TextIO:
-        return self.stream or sys.stdout
 
     def run(
         self,

@@ -532,11 +532,10 @@ def unavailable(exc: Exception) -> None:
     pytest.skip(str(exc))
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[SeaweedFS]:
-    """A SeaweedFS S3 server for the whole test session."""
-    with tempfile.TemporaryDirectory(prefix="prodml-seaweedfs-") as tmp:
-        server = SeaweedFS(Path(tmp))
+def _serve(kind: type[_Server], prefix: str) -> Iterator[Any]:
+    """Start a ``kind`` server in a temporary folder, yield it, stop it (skip/fail if it can't)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        server = kind(Path(tmp))
         try:
             server.start()
         except ServiceUnavailable as exc:
@@ -545,18 +544,15 @@ def s3_server() -> Iterator[SeaweedFS]:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedFS]:
+    """A SeaweedFS S3 server for the whole test session."""
+    yield from _serve(SeaweedFS, "prodml-seaweedfs-")
 
 
 @pytest.fixture(scope="session")
 def azurite_server() -> Iterator[Azurite]:
     """An Azurite blob service for the whole test session."""
-    with tempfile.TemporaryDirectory(prefix="prodml-azurite-") as tmp:
-        server = Azurite(Path(tmp))
-        try:
-            server.start()
-        except ServiceUnavailable as exc:
-            unavailable(exc)
-        try:
-            yield server
-        finally:
-            server.stop()
+    yield from _serve(Azurite, "prodml-azurite-")
