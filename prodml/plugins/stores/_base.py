@@ -42,9 +42,7 @@ from pydantic import SecretStr
 from prodml.core import bundle as bundle_mod
 from prodml.core.bundle import (
     MANIFEST,
-    bundle_files,
     parse_manifest,
-    read_manifest,
     safe_relpath,
     verify_bundle,
 )
@@ -140,23 +138,6 @@ def register_config_secrets(config: Any) -> None:
         value = getattr(config, name)
         if isinstance(value, SecretStr):
             register_secret(value.get_secret_value())
-
-
-def check_bundle_files(bundle_dir: Path) -> dict[str, str]:
-    """The manifest of ``bundle_dir`` after checking it lists exactly the files present.
-
-    Contents are not hashed here: pushes hash each file while uploading it.
-    """
-    manifest = read_manifest(bundle_dir)
-    present = set(bundle_files(bundle_dir))
-    problems = [f"missing {name}" for name in manifest if name not in present]
-    problems += [f"unlisted {name}" for name in sorted(present - set(manifest))]
-    if problems:
-        raise BundleError(
-            f"bundle {bundle_dir} does not match its {MANIFEST}: {'; '.join(problems[:10])}",
-            hint="the bundle was modified or partly copied; export it again from a clean run",
-        )
-    return manifest
 
 
 def run_parallel(pool: ThreadPoolExecutor, tasks: Iterable[Callable[[], Any]]) -> list[Any]:
@@ -292,7 +273,8 @@ class ObjectStore(ModelStore):
         bundle_dir = Path(bundle_dir)
         check_model_name(model_name)
         # file list now; contents are hashed once, while they are uploaded (_upload_version)
-        manifest = check_bundle_files(bundle_dir)
+        # the file list only: contents are hashed while each file uploads
+        manifest = verify_bundle(bundle_dir, contents=False)
         manifest_bytes = (bundle_dir / MANIFEST).read_bytes()
         digest = hashlib.sha256(manifest_bytes).hexdigest()
         version = new_version(bundle_dir)
