@@ -55,8 +55,7 @@ def pull_to_cache(config: Any, ref: ModelRef, store: ModelStore, name: str) -> P
     staging = root / f".{ref.version}.{os.getpid()}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        pulled = Path(store.pull(ref, staging))
-        verify_bundle(pulled)
+        pulled = Path(store.pull(ref, staging))  # pull verifies every file (ModelStore contract)
         try:
             pulled.rename(final)
         except OSError:

@@ -109,9 +109,7 @@ class BundleModel(Model):
         import tensorflow as tf
 
         _limit_tf_threads(tf)
-        from prodml.core.bundle import verify_bundle
-
-        verify_bundle(self.bundle_dir)  # before any byte of the model is deserialised
+        # load_bundle verifies the manifest before any byte of the model is deserialised
         model, metadata = load_keras_bundle(self.bundle_dir, trust_model_code=self.trust_model_code)
         names = tuple(metadata.feature_names)
         if not names:
