@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from prodml.core import plugins
 
 # real SeaweedFS (S3) and Azurite (Azure Blob) servers, one per session, on loopback ports
 from prodml.testing.services import azurite_server, s3_server  # noqa: F401
+
+FEAST_EXAMPLE = Path(__file__).parent.parent / "examples" / "feast_repo"
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +54,27 @@ def pip_site(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]
         return site
 
     return install
+
+
+def _tracked_copy(src: Path, dest: Path) -> Path:
+    """Copy the files git tracks under ``src`` (what a fresh clone has), else all but Feast state."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "."], cwd=src, capture_output=True, text=True, check=False
+    )
+    names = [n for n in listed.stdout.split("\0") if n] if listed.returncode == 0 else []
+    if not names:
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".feast", ".feast-duckdb", "__pycache__"))
+        return dest
+    for name in names:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / name, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def copy_feast_example() -> Callable[[Path], Path]:
+    """Copy examples/feast_repo as a fresh clone has it into a folder; returns the folder.
+
+    Each test gets its own Feast state (registry, online store) this way.
+    """
+    return lambda dest: _tracked_copy(FEAST_EXAMPLE, dest)

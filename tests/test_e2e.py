@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,14 +28,11 @@ FEAST = yaml.safe_load((REPO / "config" / "feast.yaml").read_text())
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.kserve]
 
 
-def source_block(kind: str, tmp_path: Path) -> dict[str, Any]:
+def source_block(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
     if kind == "csv":
         return {**BASE["source"], "path": str(REPO / "examples/quickstart/data/train.csv")}
     # a private copy of the example repo: its Feast state (registry, online store) is per test
-    repo = tmp_path / "feast_repo"
-    shutil.copytree(
-        REPO / "examples/feast_repo", repo, ignore=shutil.ignore_patterns(".feast*", "__pycache__")
-    )
+    repo = request.getfixturevalue("copy_feast_example")(tmp_path / "feast_repo")
     return {**FEAST["source"], "repo_path": str(repo), "entity_df": str(repo / "data/house_sales.parquet")}
 
 
@@ -59,7 +55,7 @@ def run_case(tmp_path: Path, request: pytest.FixtureRequest, source: str, store:
     config = {
         **BASE,
         "project": f"e2e-{source}-{store}".replace("_", "-"),
-        "source": source_block(source, tmp_path),
+        "source": source_block(source, tmp_path, request),
         "trainer": {
             **BASE["trainer"],
             "model": str(REPO / "examples/quickstart/model.py:build_model"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def feast_served(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def feast_served(tmp_path_factory: pytest.TempPathFactory, copy_feast_example) -> Any:
     import pandas as pd
 
     from prodml.core.config import load_config
@@ -28,10 +27,7 @@ def feast_served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from prodml.testing.servers import train_tiny_bundle
 
     tmp = tmp_path_factory.mktemp("feast_serve")
-    repo = tmp / "feast_repo"
-    shutil.copytree(
-        REPO / "examples" / "feast_repo", repo, ignore=shutil.ignore_patterns(".feast", "__pycache__")
-    )
+    repo = copy_feast_example(tmp / "feast_repo")
     config_file = tmp / "prodml.yaml"
     config_file.write_text(
         "project: houses\nstages: [fetch]\n"

@@ -26,24 +26,9 @@ EXAMPLE = ROOT / "examples" / "feast_repo"
 FEATURES = ["house_structure:sqft", "house_structure:rooms", "house_location:quality"]
 
 
-def tracked_copy(src: Path, dest: Path) -> Path:
-    """Copy the files git tracks under ``src`` (what a fresh clone has), else all but state."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "."], cwd=src, capture_output=True, text=True, check=False
-    )
-    names = [n for n in listed.stdout.split("\0") if n] if listed.returncode == 0 else []
-    if not names:
-        shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".feast*", "__pycache__"))
-        return dest
-    for name in names:
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / name, dest / name)
-    return dest
-
-
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return tracked_copy(EXAMPLE, tmp_path / "feast_repo")
+def repo(tmp_path: Path, copy_feast_example) -> Path:
+    return copy_feast_example(tmp_path / "feast_repo")
 
 
 def make_source(repo: Path, **overrides) -> FeastSource:
@@ -118,10 +103,10 @@ def config_section(config_file: Path, base_dir: Path):
     return cls.model_validate(data["source"], context={"base_dir": base_dir})
 
 
-def test_config_feast_yaml_works_from_a_fresh_clone(tmp_path: Path) -> None:
+def test_config_feast_yaml_works_from_a_fresh_clone(tmp_path: Path, copy_feast_example) -> None:
     """config/feast.yaml on a copy of the tracked files: no registry, no `feast apply`."""
     clone = tmp_path / "clone"
-    tracked_copy(EXAMPLE, clone / "examples" / "feast_repo")
+    copy_feast_example(clone / "examples" / "feast_repo")
     (clone / "config").mkdir()
     shutil.copy2(ROOT / "config" / "feast.yaml", clone / "config" / "feast.yaml")
     shutil.copy2(ROOT / "config" / "local.yaml", clone / "config" / "local.yaml")

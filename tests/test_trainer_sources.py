@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +59,8 @@ def test_csv_quickstart(tmp_path: Path) -> None:
 
 
 @pytest.mark.feast
-def test_feast_quickstart(tmp_path: Path) -> None:
-    repo = tmp_path / "feast_repo"
-    shutil.copytree(
-        REPO / "examples" / "feast_repo", repo, ignore=shutil.ignore_patterns(".feast", "__pycache__")
-    )
+def test_feast_quickstart(tmp_path: Path, copy_feast_example) -> None:
+    copy_feast_example(tmp_path / "feast_repo")
     config = tmp_path / "prodml.yaml"
     config.write_text(
         "project: quickstart-feast\nstages: [fetch, train]\n"
