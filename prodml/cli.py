@@ -112,12 +112,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         section = config.section(role)
         if section is None:
             continue
-        installed = registry.get(role, section.type)
-        module = installed.missing_requirement()
-        if module:
-            extra = installed.backend.extra
-            fix = f"pip install 'prodml[{extra}]'" if extra else f"pip install {module}"
-            missing.append(f"{role} type {section.type!r} needs {module!r}: {fix}")
+        error = registry.get(role, section.type).missing_dependency()
+        if error is not None:
+            missing.append(f"{role} type {section.type!r} needs {error.module!r}: {error.fix}")
     summary = masked_summary(config)
     print(f"{args.config}: valid")
     print(f"  project  {summary['project']}")
@@ -148,9 +145,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         if not types:
             print("  (none installed)")
         for name, installed in sorted(types.items()):
-            missing = installed.missing_requirement()
-            extra = installed.backend.extra
-            note = f"  [missing {missing}: pip install 'prodml[{extra}]']" if missing else ""
+            error = installed.missing_dependency()
+            note = f"  [missing {error.module}: {error.fix}]" if error else ""
             desc = installed.backend.description
             print(f"  {name:<12} {installed.distribution:<16} {desc}{note}")
     return 0

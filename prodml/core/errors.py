@@ -80,7 +80,7 @@ class MissingDependencyError(ProdmlError):
     def __init__(self, role: str, name: str, module: str, extra: str | None) -> None:
         self.module = module
         self.extra = extra
-        fix = f"pip install 'prodml[{extra}]'" if extra else f"pip install {module}"
+        self.fix = fix = f"pip install 'prodml[{extra}]'" if extra else f"pip install {module}"
         super().__init__(
             f"{role} type {name!r} needs the Python package {module!r}, which is not installed",
             hint=fix,

@@ -78,6 +78,13 @@ class InstalledBackend:
     plugin_name: str
     distribution: str
 
+    def missing_dependency(self) -> MissingDependencyError | None:
+        """The error to raise when one of ``requires`` is not installed, else None."""
+        module = self.missing_requirement()
+        if module is None:
+            return None
+        return MissingDependencyError(self.backend.role, self.backend.type, module, self.backend.extra)
+
     def missing_requirement(self) -> str | None:
         """The first of ``requires`` that cannot be imported, or None."""
         for module in self.backend.requires:
@@ -209,9 +216,9 @@ class Registry:
             MissingDependencyError: the backend's optional SDK is not installed.
         """
         installed = self.get(role, config.type)  # type: ignore[attr-defined]
-        missing = installed.missing_requirement()
-        if missing:
-            raise MissingDependencyError(role, installed.backend.type, missing, installed.backend.extra)
+        missing = installed.missing_dependency()
+        if missing is not None:
+            raise missing
         return installed.backend.implementation(config)
 
     def aliases(self, role: Role) -> dict[str, str]:
