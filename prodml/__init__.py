@@ -1,4 +1,8 @@
-"""prodml: take a Keras model from features to a served endpoint with one YAML file."""
+"""prodml: take a Keras model from features to a served endpoint with one YAML file.
+
+Plugin authors import from :mod:`prodml.plugin`; ``prodml.hookimpl`` stays for plugins
+written before it.
+"""
 
 from prodml.core.hookspecs import hookimpl
 

@@ -14,15 +14,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 COMMANDS: dict[str, str] = {
-    # command -> "module:function" taking the parsed args and returning an exit code
+    # prodml's own commands -> "module:function" taking the parsed args and returning an
+    # exit code. Plugins add theirs through the `prodml_commands` hook (serve, predict and
+    # k8s come from the kserve plugin that way); see plugin_commands().
     "validate": "prodml.cli:cmd_validate",
     "plugins": "prodml.cli:cmd_plugins",
     "models": "prodml.cli:cmd_models",
     "run": "prodml.runner.commands:run_command",
     "compile": "prodml.runner.commands:compile_command",
-    "serve": "prodml.plugins.servers.commands:serve_command",
-    "predict": "prodml.plugins.servers.commands:predict_command",
-    "k8s": "prodml.plugins.servers.commands:manifests_command",
     "init": "prodml.scaffold:init_command",
 }
 
@@ -33,7 +32,8 @@ def _version() -> str:
     return __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugin_commands: Sequence[Any] = ()) -> argparse.ArgumentParser:
+    """The argument parser: prodml's commands, then ``plugin_commands`` (``Command`` values)."""
     parser = argparse.ArgumentParser(
         prog="prodml",
         description="Take a Keras model to production: fetch features, train, export a "
@@ -68,28 +68,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("compile", "write the Kubeflow pipeline YAML for a config")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="pipeline YAML to write")
-    p = add("serve", "serve a stored model version in the foreground")
-    p.add_argument(
-        "--version",
-        dest="model_version",
-        default=None,
-        help="version to serve (default: server.version or latest)",
-    )
-    p = add("predict", "send a request to the served model and print the answer")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--data", help="request JSON, or a list of rows")
-    group.add_argument("--file", help="file with the request JSON")
-    p.add_argument("--protocol", choices=["v1", "v2"], default="v1")
-    p.add_argument("--url", help="server URL (default: from server.host/port in the config)")
     add("models", "list the model versions in the configured store, and which is latest")
-    p = add("k8s", "render Kubernetes manifests (KServe InferenceService, storage secret refs)")
-    p.add_argument("what", choices=["manifests"], help="what to render")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     p = add("init", "scaffold a working project in DIR", config=False)
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--feast", action="store_true", help="also scaffold a Feast feature repository")
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR")
+    for command in plugin_commands:
+        p = add(command.name, command.help, config=command.config)
+        if command.arguments is not None:
+            command.arguments(p)
     return parser
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def plugin_commands(argv: Sequence[str]) -> dict[str, Any]:
+    """The commands plugins add ({name: InstalledCommand}), loaded only when ``argv`` may need one.
+
+    A command line naming one of prodml's own commands needs no plugin; ``prodml --help``
+    and plugin commands load the registry's light first step (no backend is imported). A
+    broken plugin does not break the help text of the other commands.
+    """
+    if _command_word(argv) in COMMANDS:
+        return {}
+    from prodml.core.errors import PluginError
+    from prodml.core.plugins import default_registry
+
+    try:
+        installed = default_registry().commands()
+        for name, command in installed.items():
+            if name in COMMANDS:
+                raise PluginError(
+                    f"plugin {command.plugin_name!r} ({command.distribution}) adds command {name!r}, "
+                    "which is one of prodml's own; rename it in the plugin"
+                )
+    except PluginError as exc:
+        if _command_word(argv) is not None:
+            raise
+        print(f"warning: plugin commands are not listed: {exc}", file=sys.stderr)
+        return {}
+    return installed
 
 
 def load(args: argparse.Namespace) -> Any:
@@ -139,16 +163,31 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from prodml.core.plugins import default_registry
 
     registry = default_registry()
+    rows: list[tuple[str, str, str, str, str]] = []  # role, type, distribution, description, note
+    for role in ROLES:
+        for name, installed in sorted(registry.types(role).items()):
+            error = installed.missing_dependency()
+            note = f"[missing {error.module}: {error.fix}]" if error else ""
+            rows.append((role, name, installed.distribution, installed.backend.description, note))
+    commands = sorted(registry.commands().items())
+    # one width for every section, so long type or distribution names keep the columns aligned
+    name_w = max([len(r[1]) for r in rows] + [len(n) for n, _ in commands] + [4])
+    dist_w = max([len(r[2]) for r in rows] + [len(c.distribution) for _, c in commands] + [7])
     for role in ROLES:
         print(f"{role}:")
-        types = registry.types(role)
-        if not types:
+        mine = [r for r in rows if r[0] == role]
+        if not mine:
             print("  (none installed)")
-        for name, installed in sorted(types.items()):
-            error = installed.missing_dependency()
-            note = f"  [missing {error.module}: {error.fix}]" if error else ""
-            desc = installed.backend.description
-            print(f"  {name:<12} {installed.distribution:<16} {desc}{note}")
+        for _, name, dist, desc, note in mine:
+            print(f"  {name:<{name_w}}  {dist:<{dist_w}}  {' '.join(t for t in (desc, note) if t)}".rstrip())
+    if commands:
+        print("commands:")
+        for name, command in commands:
+            print(f"  {name:<{name_w}}  {command.distribution:<{dist_w}}  {command.command.help}".rstrip())
+    if registry.load_failures:
+        print("failed to load:")
+        for failure in registry.load_failures:
+            print(f"  {failure}")
     return 0
 
 
@@ -187,22 +226,31 @@ def _setup_logging(verbosity: int) -> None:
     install_redaction()
 
 
-def _handler(command: str) -> Callable[[argparse.Namespace], int]:
+def _handler(command: str, plugins: dict[str, Any]) -> Callable[[argparse.Namespace], int]:
+    if command in plugins:
+        return plugins[command].load()
     module, _, func = COMMANDS[command].partition(":")
     return getattr(importlib.import_module(module), func)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    from prodml.core.errors import ProdmlError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        plugins = plugin_commands(argv)
+    except ProdmlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    parser = build_parser([c.command for c in plugins.values()])
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 0
-    from prodml.core.errors import ProdmlError
 
     _setup_logging(args.verbose)
     try:
-        return int(_handler(args.command)(args) or 0)
+        return int(_handler(args.command, plugins)(args) or 0)
     except ProdmlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

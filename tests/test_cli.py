@@ -97,9 +97,11 @@ def test_plugins_lists_every_role_with_its_distribution() -> None:
     out = prodml("plugins")
     assert out.returncode == 0, out.stderr
     roles = [line.rstrip(":") for line in out.stdout.splitlines() if not line.startswith(" ")]
-    assert roles == ["source", "trainer", "store", "server", "runner"]
+    # the roles, then the commands plugins add (the kserve plugin's serve, predict, k8s)
+    assert roles == ["source", "trainer", "store", "server", "runner", "commands"]
     rows = [line.split() for line in out.stdout.splitlines() if line.startswith("  ")]
     assert rows[0][:2] == ["csv", "prodml"]
+    assert ["serve", "prodml"] in [row[:2] for row in rows]
 
 
 def test_no_command_prints_help() -> None:

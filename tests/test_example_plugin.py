@@ -22,7 +22,8 @@ def plugin_site(pip_site) -> Path:
 
 def env_with(site: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != AUTOLOAD_ENV}
-    env["PYTHONPATH"] = str(site)
+    # keep a PYTHONPATH already set (a checkout tested without installing it) behind the site
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     return env
 
 

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from prodml.core.errors import ConfigError, UnknownBackendError, closest
+from prodml.core.errors import ConfigError, closest
 from prodml.core.interfaces import ROLES, Role
 from prodml.core.logs import register_secret
 from prodml.core.plugins import Registry, default_registry
@@ -372,9 +372,7 @@ def _check_types(data: Mapping[str, Any], registry: Registry, file: str | None) 
                 field=f"{role}.type",
             )
         if section["type"] not in installed:
-            raise UnknownBackendError(
-                role, str(section["type"]), installed, file=file, aliases=registry.aliases(role)
-            )
+            registry.get(role, str(section["type"]), file=file)  # raises, naming where it looked
 
 
 def _loc_path(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:

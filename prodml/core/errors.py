@@ -59,6 +59,7 @@ class UnknownBackendError(ConfigError):
         *,
         file: str | None = None,
         aliases: dict[str, str] | None = None,
+        hint: str | None = None,
     ) -> None:
         names = sorted(installed)
         listing = ", ".join(names) if names else "none"
@@ -71,18 +72,30 @@ class UnknownBackendError(ConfigError):
         self.role = role
         self.name = name
         self.installed = names
-        super().__init__(message, file=file)
+        super().__init__(message, file=file, hint=hint)
 
 
 class MissingDependencyError(ProdmlError):
-    """A backend's optional dependency is not installed; says which extra to install."""
+    """A backend's optional dependency is not installed; says what to install.
 
-    def __init__(self, role: str, name: str, module: str, extra: str | None) -> None:
+    ``package`` is the distribution that provides the backend (``prodml`` for the built-in
+    ones); its ``extra`` installs the dependency: ``pip install 'prodml[s3]'``.
+    """
+
+    def __init__(
+        self, role: str, name: str, module: str, extra: str | None, *, package: str | None = "prodml"
+    ) -> None:
         self.module = module
         self.extra = extra
-        self.fix = fix = f"pip install 'prodml[{extra}]'" if extra else f"pip install {module}"
+        self.package = package
+        if extra and package:
+            fix = f"pip install '{package}[{extra}]'"
+        else:
+            fix = f"pip install {module.split('.')[0]}"
+        self.fix = fix
+        provider = f" (from {package})" if package and package != "prodml" else ""
         super().__init__(
-            f"{role} type {name!r} needs the Python package {module!r}, which is not installed",
+            f"{role} type {name!r}{provider} needs the Python package {module!r}, which is not installed",
             hint=fix,
         )
 

@@ -272,6 +272,20 @@ class ModelServer(abc.ABC):
     def undeploy(self, model_name: str) -> None:
         """Stop serving ``model_name``."""
 
+    def predict(self, endpoint: Endpoint, rows: Sequence[Sequence[float]]) -> list[Any]:
+        """Send feature ``rows`` to ``endpoint`` (as :meth:`deploy` returned it); one answer per row.
+
+        Optional: runners use it to show a sample prediction after the serve stage.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support predict")
+
+    def serve_foreground(self, ref: ModelRef, store: ModelStore, source: DataSource | None = None) -> None:
+        """Serve ``ref`` from this process until interrupted (``prodml serve``).
+
+        Optional: without it, ``prodml serve`` deploys and prints the endpoint.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support serve_foreground")
+
 
 class Runner(abc.ABC):
     """Executes the configured stages (in-process, through kfp.local, on a cluster)."""

@@ -1,8 +1,13 @@
-"""The plugin registry: which backend types are installed, and building them from config.
+"""The plugin registry: which backend types and commands are installed, and building backends.
 
 :class:`Registry` is the only code that calls ``pm.hook``. Built-in plugins are registered
-first, exactly like external ones; then, unless ``PRODML_DISABLE_PLUGIN_AUTOLOAD`` is set,
-every entry point of the ``prodml`` group is loaded.
+exactly like external ones; unless ``PRODML_DISABLE_PLUGIN_AUTOLOAD`` is set, every entry
+point of the ``prodml`` group is loaded too.
+
+Loading happens in two steps, so that ``prodml --help`` stays fast: the plugins that add CLI
+commands (built-in ones listed in :data:`BUILTIN_COMMAND_PLUGINS`, and every entry point) are
+registered when the registry is made; the built-in backend modules, which define pydantic
+config classes, only when a backend is first asked for.
 """
 
 from __future__ import annotations
@@ -11,18 +16,27 @@ import builtins
 import importlib
 import importlib.machinery
 import importlib.util
+import inspect
+import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
-from pydantic import BaseModel
 
 from prodml.core import hookspecs
-from prodml.core.errors import MissingDependencyError, PluginError, UnknownBackendError
-from prodml.core.interfaces import ROLES, Role
+from prodml.core.errors import MissingDependencyError, PluginError, UnknownBackendError, closest
+
+if TYPE_CHECKING:
+    import argparse
+
+    from pydantic import BaseModel
+
+    from prodml.core.interfaces import Role
+
+log = logging.getLogger("prodml.plugins")
 
 AUTOLOAD_ENV = "PRODML_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -36,9 +50,14 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("s3", "prodml.plugins.stores.s3"),
     ("azure-blob", "prodml.plugins.stores.azure_blob"),
     ("kserve", "prodml.plugins.servers.kserve"),
+    ("kserve-commands", "prodml.plugins.servers.commands"),
     ("local-runner", "prodml.runner.local"),
     ("kfp", "prodml.runner.kfp"),
 )
+
+#: Built-in plugins that only add CLI commands. They import no pydantic and no backend, so
+#: they are registered at once; the other built-ins when a backend is first needed.
+BUILTIN_COMMAND_PLUGINS: frozenset[str] = frozenset({"kserve-commands"})
 
 BUILTIN_DISTRIBUTION = "prodml"
 
@@ -54,7 +73,8 @@ class Backend:
             ``type: Literal["<type>"]`` and forbid extra keys.
         implementation: class built as ``implementation(config)``; subclass of the role's ABC.
         requires: importable module names it needs beyond prodml's core dependencies.
-        extra: the prodml extra that installs ``requires`` (for the error message).
+        extra: the extra of the distribution providing the backend that installs
+            ``requires`` (``s3`` for prodml's own s3 store: ``pip install 'prodml[s3]'``).
         description: one line shown by ``prodml plugins``.
         aliases: other words users may type for it (``minio`` for ``s3``); used only
             to suggest the right type when a config names an unknown one.
@@ -71,19 +91,51 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class Command:
+    """One ``prodml`` subcommand a plugin adds, as returned by ``prodml_commands``.
+
+    A light descriptor: building the ``prodml --help`` text must import nothing heavy, so
+    the handler is named by a string and imported only when the command runs.
+
+    Attributes:
+        name: the subcommand (``prodml <name>``); must not clash with another command.
+        help: one line shown by ``prodml --help``.
+        handler: ``"package.module:function"``; the function takes the parsed
+            :class:`argparse.Namespace` and returns the exit status (0 done, 1 failed,
+            2 bad usage) or raises a :class:`~prodml.core.errors.ProdmlError`.
+        arguments: adds the command's own options to its ``argparse`` parser; called only
+            when the command (or its ``--help``) is parsed.
+        config: give the command the standard required ``-c/--config FILE`` option.
+    """
+
+    name: str
+    help: str
+    handler: str
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    config: bool = True
+
+
+@dataclass(frozen=True)
 class InstalledBackend:
-    """A :class:`Backend` and the distribution (package) that provides it."""
+    """A :class:`Backend` and the distribution (package) that provides it.
+
+    ``package`` is the installed distribution's name, None for a plugin object registered
+    directly (tests); ``distribution`` is what listings show in either case.
+    """
 
     backend: Backend
     plugin_name: str
     distribution: str
+    package: str | None = None
 
     def missing_dependency(self) -> MissingDependencyError | None:
         """The error to raise when one of ``requires`` is not installed, else None."""
         module = self.missing_requirement()
         if module is None:
             return None
-        return MissingDependencyError(self.backend.role, self.backend.type, module, self.backend.extra)
+        return MissingDependencyError(
+            self.backend.role, self.backend.type, module, self.backend.extra, package=self.package
+        )
 
     def missing_requirement(self) -> str | None:
         """The first of ``requires`` that cannot be imported, or None."""
@@ -91,6 +143,42 @@ class InstalledBackend:
             if not module_available(module):
                 return module
         return None
+
+
+@dataclass(frozen=True)
+class InstalledCommand:
+    """A :class:`Command` and the distribution (package) that provides it."""
+
+    command: Command
+    plugin_name: str
+    distribution: str
+
+    def load(self) -> Callable[[argparse.Namespace], int]:
+        """Import the command's handler (only now: it may import heavy modules)."""
+        module, _, func = self.command.handler.partition(":")
+        try:
+            return getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(
+                f"command {self.command.name!r} of plugin {self.plugin_name!r} "
+                f"({self.distribution}): cannot load its handler {self.command.handler!r}: {exc}"
+            ) from exc
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """An entry point of the ``prodml`` group that could not be imported."""
+
+    distribution: str
+    entry_point: str
+    value: str
+    error: str
+
+    def __str__(self) -> str:
+        return (
+            f"entry point {self.entry_point!r} = {self.value!r} of distribution "
+            f"{self.distribution} failed to import: {self.error}"
+        )
 
 
 def module_available(name: str) -> bool:
@@ -114,59 +202,154 @@ def module_available(name: str) -> bool:
     return spec is not None
 
 
+class _Manager(pluggy.PluginManager):
+    """pluggy's manager, also noting ``prodml_*`` functions that lack ``@hookimpl``.
+
+    pluggy ignores an undecorated function, so a forgotten decorator would make a plugin
+    provide nothing, silently.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT_NAME)
+        self.undecorated: list[str] = []
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        prefixed = name.startswith(f"{hookspecs.PROJECT_NAME}_")
+        if opts is None and prefixed and inspect.isroutine(getattr(plugin, name, None)):
+            self.undecorated.append(name)
+        return opts
+
+
 @dataclass(eq=False)
 class Registry:
-    """The installed backends, per role.
+    """The installed backends per role, and the CLI commands plugins add.
 
     Args:
         autoload: load ``prodml`` entry points; default: on unless the environment
             variable ``PRODML_DISABLE_PLUGIN_AUTOLOAD`` is set to a non-empty value.
         builtins: register the built-in plugins (tests may switch this off).
         plugins: extra plugin objects (modules or instances) to register, by name.
+
+    Raises:
+        PluginError: a plugin implements a hook prodml does not define (a misspelled
+            ``prodml_backend``), defines a ``prodml_*`` function without ``@hookimpl``,
+            or claims a role/type or command another plugin provides. An entry point that
+            fails to import is not fatal: it is recorded in :attr:`load_failures`, logged,
+            and named when a config asks for a type nobody provides.
     """
 
     autoload: bool | None = None
     builtins: bool = True
     plugins: dict[str, Any] = field(default_factory=dict)
-    _pm: pluggy.PluginManager = field(init=False, repr=False)
-    _backends: dict[Role, dict[str, InstalledBackend]] = field(init=False, repr=False)
+    load_failures: list[LoadFailure] = field(init=False, default_factory=list)
+    _pm: _Manager = field(init=False, repr=False)
+    _dists: dict[str, str] = field(init=False, repr=False, default_factory=dict)
+    _searched: set[str] = field(init=False, repr=False, default_factory=set)
+    _loaded: dict[Role, dict[str, InstalledBackend]] | None = field(init=False, repr=False, default=None)
+    _commands: dict[str, InstalledCommand] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         if self.autoload is None:
             self.autoload = not os.environ.get(AUTOLOAD_ENV)
-        self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._pm = _Manager()
         self._pm.add_hookspecs(hookspecs)
         if self.builtins:
+            self._searched.add(BUILTIN_DISTRIBUTION)
             for name, module in BUILTIN_PLUGINS:
-                self._pm.register(importlib.import_module(module), name=name)
+                if name in BUILTIN_COMMAND_PLUGINS:
+                    self._register(importlib.import_module(module), name, BUILTIN_DISTRIBUTION)
         for name, plugin in self.plugins.items():
-            self._pm.register(plugin, name=name)
+            self._register(plugin, name, None)
         if self.autoload:
-            try:
-                self._pm.load_setuptools_entrypoints(hookspecs.PROJECT_NAME)
-            except Exception as exc:  # a broken third-party plugin must say which one
-                raise PluginError(f"could not load a 'prodml' entry-point plugin: {exc}") from exc
-        self._backends = self._collect()
+            self._load_entry_points()
 
-    def _distributions(self) -> dict[int, str]:
-        dists = {}
-        for plugin, dist in self._pm.list_plugin_distinfo():
-            dists[id(plugin)] = dist.metadata["name"] or dist.project_name
-        return dists
+    # -- loading ------------------------------------------------------------------------
+
+    def _register(self, plugin: Any, name: str, distribution: str | None) -> None:
+        where = f"plugin {name!r}" + (f" ({distribution})" if distribution else "")
+        self._pm.undecorated.clear()
+        try:
+            self._pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"{where}: {exc}", hint=_DISABLE_HINT) from None
+        if distribution is not None:
+            self._dists[name] = distribution
+        if self._pm.undecorated:
+            self._pm.unregister(name=name)
+            names = ", ".join(sorted(set(self._pm.undecorated)))
+            raise PluginError(
+                f"{where} defines {names} without @hookimpl, so prodml would ignore it",
+                hint="decorate it: `from prodml.plugin import hookimpl` and `@hookimpl`",
+            )
+        self._check_pending(name)
+
+    def _check_pending(self, plugin_name: str) -> None:
+        """pluggy's ``check_pending``, with a message naming the plugin and the likely hook."""
+        specs = [n for n, caller in vars(self._pm.hook).items() if caller.has_spec()]
+        for hook_name, caller in vars(self._pm.hook).items():
+            if caller.has_spec():
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.plugin_name != plugin_name or impl.opts.get("optionalhook"):
+                    continue
+                dist = self._dists.get(plugin_name)
+                where = f"plugin {plugin_name!r}" + (f" ({dist})" if dist else "")
+                guess = closest(hook_name, specs)
+                raise PluginError(
+                    f"{where} implements unknown hook {hook_name!r}"
+                    + (f" — did you mean {guess!r}?" if guess else "")
+                    + f"; prodml's hooks are: {', '.join(sorted(specs))}",
+                    hint=_DISABLE_HINT,
+                )
+
+    def _load_entry_points(self) -> None:
+        """Register every ``prodml`` entry point; one that fails to import is recorded."""
+        from importlib.metadata import distributions
+
+        builtin_names = {name for name, _ in BUILTIN_PLUGINS} if self.builtins else set()
+        for dist in distributions():
+            eps = [ep for ep in dist.entry_points if ep.group == hookspecs.PROJECT_NAME]
+            if not eps:
+                continue
+            dist_name = dist.metadata["name"] or dist.name
+            self._searched.add(dist_name)
+            for ep in eps:
+                if ep.name in builtin_names or self._pm.has_plugin(ep.name) or self._pm.is_blocked(ep.name):
+                    continue
+                try:
+                    plugin = ep.load()
+                except Exception as exc:  # any error in a third-party module; keep the others
+                    failure = LoadFailure(dist_name, ep.name, ep.value, f"{type(exc).__name__}: {exc}")
+                    self.load_failures.append(failure)
+                    log.warning("%s; its backends and commands are unavailable", failure)
+                    continue
+                self._register(plugin, ep.name, dist_name)
+
+    def _ensure_backends(self) -> dict[Role, dict[str, InstalledBackend]]:
+        if self._loaded is None:
+            if self.builtins:
+                for name, module in BUILTIN_PLUGINS:
+                    if not self._pm.has_plugin(name):
+                        self._register(importlib.import_module(module), name, BUILTIN_DISTRIBUTION)
+            self._loaded = self._collect()
+        return self._loaded
+
+    def _distribution(self, plugin_name: str) -> tuple[str, str | None]:
+        """(shown name, installed distribution or None) of a registered plugin."""
+        package = self._dists.get(plugin_name)
+        return (package or f"plugin {plugin_name!r}"), package
 
     def _collect(self) -> dict[Role, dict[str, InstalledBackend]]:
-        dists = self._distributions()
-        builtin_names = {name for name, _ in BUILTIN_PLUGINS}
+        from prodml.core.interfaces import ROLES
+
         found: dict[Role, dict[str, InstalledBackend]] = {role: {} for role in ROLES}
         for impl in self._pm.hook.prodml_backends.get_hookimpls():
-            if impl.plugin_name in builtin_names and self.builtins:
-                dist = BUILTIN_DISTRIBUTION
-            else:
-                dist = dists.get(id(impl.plugin), f"plugin {impl.plugin_name!r}")
+            dist, package = self._distribution(impl.plugin_name)
             provided: list[Backend] = impl.function() or []  # type: ignore[assignment]
             for backend in provided:
                 self._check(backend, impl.plugin_name)
-                entry = InstalledBackend(backend, impl.plugin_name, dist)
+                entry = InstalledBackend(backend, impl.plugin_name, dist, package)
                 previous = found[backend.role].get(backend.type)
                 if previous is not None:
                     raise PluginError(
@@ -179,6 +362,13 @@ class Registry:
 
     @staticmethod
     def _check(backend: Backend, plugin_name: str) -> None:
+        from prodml.core.interfaces import ROLES
+
+        if not isinstance(backend, Backend):
+            raise PluginError(
+                f"plugin {plugin_name!r}: prodml_backends() must return Backend values, "
+                f"not {type(backend).__name__}"
+            )
         if backend.role not in ROLES:
             raise PluginError(
                 f"plugin {plugin_name!r} declares unknown role {backend.role!r}; "
@@ -192,22 +382,67 @@ class Registry:
                 f"`type: Literal[{backend.type!r}]` and model_config extra='forbid'"
             )
 
+    # -- commands -------------------------------------------------------------------------
+
+    def commands(self) -> dict[str, InstalledCommand]:
+        """The CLI subcommands plugins add, by name (imports no backend module)."""
+        if self._commands is None:
+            found: dict[str, InstalledCommand] = {}
+            for impl in self._pm.hook.prodml_commands.get_hookimpls():
+                dist, _ = self._distribution(impl.plugin_name)
+                for command in impl.function() or []:
+                    _check_command(command, impl.plugin_name, dist)
+                    previous = found.get(command.name)
+                    if previous is not None:
+                        raise PluginError(
+                            f"command {command.name!r} is provided twice: by {previous.distribution} "
+                            f"({previous.plugin_name}) and by {dist} ({impl.plugin_name}); "
+                            "uninstall one of them"
+                        )
+                    found[command.name] = InstalledCommand(command, impl.plugin_name, dist)
+            self._commands = found
+        return dict(self._commands)
+
+    # -- backends -------------------------------------------------------------------------
+
+    def searched(self) -> list[str]:
+        """The distributions whose ``prodml`` plugins were looked at, sorted."""
+        return sorted(self._searched)
+
     def types(self, role: Role) -> dict[str, InstalledBackend]:
         """Installed backends of ``role`` by type name."""
-        return dict(self._backends[role])
+        return dict(self._ensure_backends()[role])
 
     def __iter__(self) -> Iterator[InstalledBackend]:
-        for role in ROLES:
-            yield from self._backends[role].values()
+        for by_type in self._ensure_backends().values():
+            yield from by_type.values()
 
     def get(self, role: Role, type_name: str, *, file: str | None = None) -> InstalledBackend:
         """The backend for ``type_name``; :class:`UnknownBackendError` names the choices."""
+        backends = self._ensure_backends()
         try:
-            return self._backends[role][type_name]
+            return backends[role][type_name]
         except KeyError:
             raise UnknownBackendError(
-                role, type_name, self._backends[role], file=file, aliases=self.aliases(role)
+                role,
+                type_name,
+                backends[role],
+                file=file,
+                aliases=self.aliases(role),
+                hint=self._where_hint(),
             ) from None
+
+    def _where_hint(self) -> str:
+        """Where the registry looked for backends, and what failed to load."""
+        searched = ", ".join(self.searched()) or "none"
+        text = f"searched the 'prodml' plugins of: {searched}"
+        if not self.autoload:
+            text += f" (entry-point plugins are off: {AUTOLOAD_ENV} is set)"
+        else:
+            text += "; a backend from another package is found once that package is pip-installed"
+        for failure in self.load_failures:
+            text += f"; {failure}"
+        return text
 
     def create(self, role: Role, config: BaseModel) -> Any:
         """Build the implementation of ``config`` (its ``type`` picks the backend).
@@ -223,11 +458,31 @@ class Registry:
 
     def aliases(self, role: Role) -> dict[str, str]:
         """{alias: type} of ``role``'s installed backends."""
-        return {a: name for name, b in self._backends[role].items() for a in b.backend.aliases}
+        backends = self._ensure_backends()
+        return {a: name for name, b in backends[role].items() for a in b.backend.aliases}
 
     def config_classes(self, role: Role) -> Iterable[tuple[str, type[BaseModel]]]:
         """(type, config class) pairs of ``role``, sorted by type."""
-        return sorted((name, b.backend.config) for name, b in self._backends[role].items())
+        return sorted((name, b.backend.config) for name, b in self._ensure_backends()[role].items())
+
+
+_DISABLE_HINT = f"fix or uninstall that plugin; {AUTOLOAD_ENV}=1 runs prodml with its built-in plugins only"
+
+
+def _check_command(command: Any, plugin_name: str, dist: str) -> None:
+    where = f"plugin {plugin_name!r} ({dist})"
+    if not isinstance(command, Command):
+        raise PluginError(
+            f"{where}: prodml_commands() must return Command values, not {type(command).__name__}"
+        )
+    module, sep, func = command.handler.partition(":")
+    if not (sep and module and func.isidentifier()):
+        raise PluginError(
+            f"{where}: command {command.name!r} has handler {command.handler!r}; "
+            "it must be 'package.module:function'"
+        )
+    if not command.name or command.name.startswith("-") or " " in command.name:
+        raise PluginError(f"{where}: {command.name!r} is not a command name")
 
 
 _default: Registry | None = None

@@ -76,37 +76,34 @@ def sample_instances(dataset_dir: Path, rows: int = SAMPLE_ROWS) -> list[list[fl
     return frame.astype("float64").to_numpy().tolist()
 
 
-def show_endpoint(endpoint: Endpoint, dataset_dir: Path | None, out: TextIO | None = None) -> Any:
-    """Print where the model answers and its answer to the first rows of the dataset.
+def show_endpoint(
+    endpoint: Endpoint, dataset_dir: Path | None, out: TextIO | None = None, server: Any = None
+) -> Any:
+    """Print where the model answers and ``server``'s answer to the first rows of the dataset.
 
-    Returns the response (or None when no sample could be sent); a failed request is
-    reported, not raised: the run itself succeeded.
+    Returns the predictions (or None when no sample could be sent: no dataset, no server,
+    or a server backend without :meth:`~prodml.core.interfaces.ModelServer.predict`); a
+    failed request is reported, not raised: the run itself succeeded.
     """
     out = out or sys.stdout
     print(f"endpoint: {endpoint.url}  model {endpoint.model_name} version {endpoint.version}", file=out)
     instances = sample_instances(dataset_dir) if dataset_dir is not None else None
-    if not instances:
+    if not instances or server is None:
         return None
     try:
-        from prodml.plugins.servers.client import predict
-
-        response = predict(endpoint.url, endpoint.model_name, instances, protocol="v1")
+        predictions = server.predict(endpoint, instances)
+    except NotImplementedError:
+        return None
     except Exception as exc:  # the run succeeded; a failed sample is information, not an error
         print(f"sample prediction failed: {exc}", file=out)
         return None
-    predictions = response.get("predictions", response) if isinstance(response, dict) else response
     print(f"sample prediction for the first {len(instances)} rows: {predictions}", file=out)
-    return response
+    return predictions
 
 
-def stop_server(
-    config: ProdmlConfig, endpoint: Endpoint, registry: Registry | None, out: TextIO | None = None
-) -> None:
+def stop_server(endpoint: Endpoint, server: Any, out: TextIO | None = None) -> None:
     """Undeploy the model the serve stage started (the run's end without --keep-serving)."""
-    from prodml.core.plugins import default_registry
-
     out = out or sys.stdout
-    server = (registry or default_registry()).create("server", config.server)  # type: ignore[arg-type]
     server.undeploy(endpoint.model_name)
     print(f"server stopped (run with --keep-serving to leave {endpoint.model_name} running)", file=out)
 
@@ -131,9 +128,12 @@ def finish_run(
     and records the summary in the run folder.
     """
     if endpoint is not None:
-        show_endpoint(endpoint, dataset_dir, out)
+        from prodml.core.plugins import default_registry
+
+        server = (registry or default_registry()).create("server", config.server)  # type: ignore[arg-type]
+        show_endpoint(endpoint, dataset_dir, out, server)
         if not keep_serving:
-            stop_server(config, endpoint, registry, out)
+            stop_server(endpoint, server, out)
             run.record["server_stopped"] = True
     summary = RunSummary(
         run_id=run.run_id,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from prodml.core.errors import DataError
+from prodml.plugin import DataError
 from prodml.testing.sources import DataSourceConformance
 
 

@@ -1,4 +1,9 @@
-"""CLI handlers of ``prodml serve``, ``prodml predict`` and ``prodml k8s manifests``."""
+"""The kserve plugin's commands: ``prodml serve``, ``prodml predict``, ``prodml k8s manifests``.
+
+Registered as the built-in plugin ``kserve-commands`` through the ``prodml_commands`` hook,
+like any plugin's commands. This module must stay light (standard library and prodml.core
+only at import time): ``prodml --help`` imports it to list the commands.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,59 @@ from pathlib import Path
 from typing import Any
 
 from prodml.core.errors import ConfigError, ServingError
+from prodml.core.hookspecs import hookimpl
+from prodml.core.plugins import Command
+
+_HERE = "prodml.plugins.servers.commands"
+
+
+def serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``prodml serve``."""
+    parser.add_argument(
+        "--version",
+        dest="model_version",
+        default=None,
+        help="version to serve (default: server.version or latest)",
+    )
+
+
+def predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``prodml predict``."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--data", help="request JSON, or a list of rows")
+    group.add_argument("--file", help="file with the request JSON")
+    parser.add_argument("--protocol", choices=["v1", "v2"], default="v1")
+    parser.add_argument("--url", help="server URL (default: from server.host/port in the config)")
+
+
+def k8s_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``prodml k8s``."""
+    parser.add_argument("what", choices=["manifests"], help="what to render")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+
+@hookimpl
+def prodml_commands() -> list[Command]:
+    return [
+        Command(
+            "serve",
+            "serve a stored model version in the foreground",
+            handler=f"{_HERE}:serve_command",
+            arguments=serve_arguments,
+        ),
+        Command(
+            "predict",
+            "send a request to the served model and print the answer",
+            handler=f"{_HERE}:predict_command",
+            arguments=predict_arguments,
+        ),
+        Command(
+            "k8s",
+            "render Kubernetes manifests (KServe InferenceService, storage secret refs)",
+            handler=f"{_HERE}:manifests_command",
+            arguments=k8s_arguments,
+        ),
+    ]
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -47,18 +105,14 @@ def serve_command(args: argparse.Namespace) -> int:
     version = args.model_version or getattr(server_config, "version", "latest")
     ref = store.resolve(config.model_name, version)
     source = _source_for(config)
-    if getattr(server_config, "mode", "local") == "cluster":
-        endpoint = server.deploy(ref, store, source)
-        print(endpoint.to_json())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_foreground(ref, store, source)
         return 0
-    if server_config.type != "kserve":
-        endpoint = server.deploy(ref, store, source)
-        print(endpoint.to_json())
-        return 0
-    from prodml.plugins.servers import _local
-
-    with contextlib.suppress(KeyboardInterrupt):
-        _local.serve_foreground(server_config, ref, store, source, server.model_name(ref))
+    except NotImplementedError:
+        pass  # a server that cannot run in this process (a cluster): deploy and say where
+    endpoint = server.deploy(ref, store, source)
+    print(endpoint.to_json())
     return 0
 
 
@@ -89,7 +143,7 @@ def predict_command(args: argparse.Namespace) -> int:
         raise ConfigError("no `server:` section: no server to send the request to", file=args.config)
     server_config = config.server
     name = getattr(server_config, "model_name", None) or config.model_name
-    url = args.url or _server_url(server_config, name)
+    url = args.url or _server_url(config, name)
     body = _read_request(args)
     base = url.rstrip("/")
     if isinstance(body, list):
@@ -111,28 +165,31 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server_url(server_config: Any, name: str) -> str:
-    """The URL of the running local server (from its state file), else from host/port."""
-    if getattr(server_config, "type", None) == "kserve" and server_config.mode == "local":
-        from prodml.plugins.servers import _local
+def _server_url(config: Any, name: str) -> str:
+    """The URL of the running server of ``name``, as its server backend reports it."""
+    from prodml.core.plugins import default_registry
 
-        state = _local.read_state(server_config, name)
-        if state and state.get("url"):
-            return state["url"]
-        return f"http://{_local.client_host(server_config.host)}:{server_config.port}"
+    status = default_registry().create("server", config.server).status(name)
+    if status.url:
+        return status.url
     raise ServingError(
-        "pass --url: the server's address is not known from the config", hint="--url http://..."
+        f"no running server of model {name!r} is known ({status.reason or 'not deployed'})",
+        hint="start one with `prodml serve -c FILE`, or pass --url http://...",
     )
 
 
 def manifests_command(args: argparse.Namespace) -> int:
     """``prodml k8s manifests -c FILE``: the InferenceService and storage access, as YAML."""
     from prodml.plugins.servers import _cluster, _k8s
+    from prodml.plugins.servers.kserve import KServeServer
 
     config = _load(args)
     server_config, server, store = _server_parts(config, args.config)
-    if server_config.type != "kserve":
-        raise ConfigError(f"server type {server_config.type!r} has no Kubernetes manifests", file=args.config)
+    if not isinstance(server, KServeServer):  # these are the kserve plugin's manifests
+        raise ConfigError(
+            f"server type {server_config.type!r} has no Kubernetes manifests from the kserve plugin",
+            file=args.config,
+        )
     ref = store.resolve(config.model_name, server_config.version)
     name = server.model_name(ref)
     plan = _cluster.plan_for(server_config, ref, store, name)

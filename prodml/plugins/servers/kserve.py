@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,6 +172,22 @@ class KServeServer(ModelServer):
         from prodml.plugins.servers import _local
 
         _local.undeploy(self.config, self.model_name(model_name))
+
+    def predict(self, endpoint: Endpoint, rows: Sequence[Sequence[float]]) -> list[Any]:
+        """One V1 request with ``rows`` as instances; the predictions."""
+        from prodml.plugins.servers.client import predict, predictions
+
+        return predictions(predict(endpoint.url, endpoint.model_name, [list(r) for r in rows], protocol="v1"))
+
+    def serve_foreground(self, ref: ModelRef, store: ModelStore, source: DataSource | None = None) -> None:
+        """Local mode: KServe's ModelServer in this process until Ctrl-C."""
+        if self.config.mode == "cluster":
+            raise NotImplementedError(
+                f"{type(self).__name__} does not support serve_foreground in cluster mode"
+            )
+        from prodml.plugins.servers import _local
+
+        _local.serve_foreground(self.config, ref, store, source, self.model_name(ref))
 
 
 @hookimpl

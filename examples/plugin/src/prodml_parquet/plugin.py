@@ -7,11 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from prodml import hookimpl
-from prodml.core.config import ConfigPath, PluginConfig
-from prodml.core.errors import DataError
-from prodml.core.interfaces import DataSource
-from prodml.core.plugins import Backend
+from prodml.plugin import Backend, ConfigPath, DataError, DataSource, PluginConfig, hookimpl
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -6,10 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from prodml import hookimpl
-from prodml.core.config import PluginConfig
-from prodml.core.interfaces import DataSource
-from prodml.core.plugins import Backend
+from prodml.plugin import Backend, DataSource, PluginConfig, hookimpl
 
 
 class HelloSourceConfig(PluginConfig):
