@@ -21,7 +21,7 @@ import sys
 import traceback
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,8 @@ from prodml.plugins.trainers.keras import DEFAULT_FUNCTIONS, KerasTrainerConfig,
 if TYPE_CHECKING:
     import pandas as pd
 
+    from prodml.plugins.trainers._distributed_impl import WorkerContext
+
 log = logging.getLogger("prodml.trainer")
 
 #: SavedModel version folder (TF Serving reads ``<model>/<version>/saved_model.pb``).
@@ -68,8 +70,20 @@ CHECK_ROWS = 16
 # -- training ------------------------------------------------------------------------------
 
 
-def train(config: KerasTrainerConfig, frame: pd.DataFrame, spec: TrainSpec, out_dir: Path) -> TrainResult:
-    """Run the user's model code on ``frame`` and write a verified bundle to ``out_dir``."""
+def train(
+    config: KerasTrainerConfig,
+    frame: pd.DataFrame,
+    spec: TrainSpec,
+    out_dir: Path,
+    *,
+    worker: WorkerContext | None = None,
+) -> TrainResult:
+    """Run the user's model code on ``frame`` and write a verified bundle to ``out_dir``.
+
+    With ``worker`` (one of several TensorFlow workers, see
+    :mod:`prodml.plugins.trainers.distributed`) the model is built inside the strategy's
+    scope and trained in sync with the others; only the chief writes the bundle.
+    """
     out_dir = Path(os.path.abspath(out_dir))
     if out_dir.exists():
         raise BundleError(
@@ -104,8 +118,12 @@ def train(config: KerasTrainerConfig, frame: pd.DataFrame, spec: TrainSpec, out_
         feature_variance=tuple(float(v) for v in x_train.astype(np.float64).var(axis=0)),
     )
 
+    in_scope = worker.scope() if worker is not None else nullcontext()
     if user.contract == "build":
-        model = call_user(user, model_spec)
+        with in_scope:
+            model = call_user(user, model_spec)
+        if worker is not None:
+            worker.check_in_scope(model, user.label)
         output_width = check_model(model, len(features), user)
         if not getattr(model, "compiled", False):
             raise TrainingError(
@@ -113,13 +131,25 @@ def train(config: KerasTrainerConfig, frame: pd.DataFrame, spec: TrainSpec, out_
                 hint="call model.compile(optimizer=..., loss=..., metrics=[...]) before returning it",
             )
         custom = check_custom_code(model, config, user)
-        metrics, epochs = fit(model, x_train, y_train, validation, config)
+        if worker is not None:
+            metrics, epochs, _history = worker.fit(
+                model, x_train, y_train, validation, config, EpochProgress(config.epochs)
+            )
+            model = worker.plain_copy(model)
+        else:
+            metrics, epochs = fit(model, x_train, y_train, validation, config)
     else:
         columns = [*features, spec.label]
-        model = call_user(user, frame[columns].copy(), model_spec)
+        with in_scope:
+            model = call_user(user, frame[columns].copy(), model_spec)
+        if worker is not None:
+            worker.check_in_scope(model, user.label)
+            model = worker.plain_copy(model)
         output_width = check_model(model, len(features), user)
         custom = check_custom_code(model, config, user)
         metrics, epochs = fitted_metrics(model, x_train, y_train, validation, user)
+    if worker is not None and not worker.is_chief:
+        return TrainResult(bundle_dir=out_dir, metrics=metrics, epochs=epochs)
 
     metadata = BundleMetadata(
         name=spec.model_name,
@@ -147,6 +177,11 @@ def train(config: KerasTrainerConfig, frame: pd.DataFrame, spec: TrainSpec, out_
             "params": json.loads(json.dumps(dict(config.params), default=str)),
             "custom_code": custom,
             **({"code_module": user.module.__name__} if custom else {}),
+            **(
+                {"distributed": {"workers": worker.workers, "strategy": "multi_worker_mirrored"}}
+                if worker is not None
+                else {}
+            ),
         },
     )
     write_bundle(model, metadata, user, out_dir, x[:CHECK_ROWS], trust=bool(custom))

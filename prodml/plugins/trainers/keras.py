@@ -34,6 +34,7 @@ from prodml import hookimpl
 from prodml.core.config import PluginConfig, resolve_path
 from prodml.core.interfaces import Trainer, TrainResult, TrainSpec
 from prodml.core.plugins import Backend
+from prodml.plugins.trainers.distributed import DistributedTraining
 
 if TYPE_CHECKING:
     import keras
@@ -81,6 +82,12 @@ class KerasTrainerConfig(PluginConfig):
             "allow models that need arbitrary Python code to load (Lambda layers, custom layers "
             "or functions defined in the model file); only for code you trust"
         ),
+    )
+
+    distributed: DistributedTraining | None = Field(
+        None,
+        description="train with several TensorFlow workers in sync (MultiWorkerMirroredStrategy): "
+        "processes on this machine, or a Kubeflow TFJob on a cluster",
     )
 
     @field_validator("model")
@@ -153,6 +160,10 @@ class KerasTrainer(Trainer):
 
     def train(self, frame: pd.DataFrame, spec: TrainSpec, out_dir: Path) -> TrainResult:
         """Train on ``frame`` and write a verified bundle to ``out_dir`` (which must not exist)."""
+        if self.config.distributed is not None and self.config.distributed.enabled:
+            from prodml.plugins.trainers import distributed
+
+            return distributed.train(self.config, frame, spec, Path(out_dir))
         from prodml.plugins.trainers import _keras_impl
 
         return _keras_impl.train(self.config, frame, spec, Path(out_dir))
