@@ -85,9 +85,9 @@ def _worker_pid(out_dir: Path, index: int) -> int | None:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"prodml.plugins.trainers._worker" in argv and str(out_dir).encode() in argv:
-            if argv[argv.index(b"prodml.plugins.trainers._worker") + 2] == str(index).encode():
-                return int(entry.name)
+        module = b"prodml.plugins.trainers._worker"
+        if module in argv and str(out_dir).encode() in argv and argv[argv.index(module) + 2] == b"%d" % index:
+            return int(entry.name)
     return None
 
 
@@ -168,7 +168,8 @@ def test_two_workers_train_on_a_feast_frame(tmp_path: Path, copy_feast_example) 
         "project: feast-dist\n"
         f"source: {{type: feast, repo_path: {repo}, feature_service: house_price_model, "
         f"entity_df: {repo / 'data' / 'house_sales.parquet'}, label: target}}\n"
-        f"trainer: {{type: keras, model: {QUICKSTART / 'model.py'}, epochs: 2, distributed: {{workers: 2}}}}\n"
+        f"trainer: {{type: keras, model: {QUICKSTART / 'model.py'}, epochs: 2, "
+        "distributed: {workers: 2}}\n"
         "stages: [fetch, train]\n"
     )
     config = load_config(path)

@@ -119,7 +119,8 @@ class WorkerContext:
             total = tf.constant(0.0)
             steps = tf.constant(0.0)
             for batch in iterator:
-                total += strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=batch), None)
+                losses = strategy.run(replica_step, args=batch)
+                total += strategy.reduce(tf.distribute.ReduceOp.SUM, losses, None)
                 steps += 1.0
             return total / tf.maximum(steps, 1.0)
 

@@ -51,6 +51,8 @@ RESULT_FILE = "result.json"
 ERROR_FILE = "error-{index}.json"
 #: Where the workers' logs go, beside the bundle folder (in the run folder).
 LOGS_SUFFIX = "-workers"
+#: The module each worker process runs.
+WORKER_MODULE = "prodml.plugins.trainers._worker"
 #: Lines of a failed worker's log quoted in the error.
 TAIL_LINES = 15
 
@@ -68,7 +70,7 @@ class DistributedTraining(BaseModel):
     )
     strategy: Literal["multi_worker_mirrored"] = Field(
         "multi_worker_mirrored",
-        description="tf.distribute strategy: synchronous data parallelism, every worker holds the whole model",
+        description="tf.distribute strategy: synchronous data parallelism, each worker holds the whole model",
     )
     backend: Literal["auto", "processes", "tfjob"] = Field(
         "auto",
@@ -120,9 +122,7 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def write_inputs(
-    workdir: Path, config: KerasTrainerConfig, frame: pd.DataFrame, spec: TrainSpec
-) -> None:
+def write_inputs(workdir: Path, config: KerasTrainerConfig, frame: pd.DataFrame, spec: TrainSpec) -> None:
     """What every worker reads: the frame, the spec and the trainer config (no secrets in it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(workdir / FRAME_FILE, index=False)
@@ -180,7 +180,7 @@ def train_in_processes(
             handles.append(handle)
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "prodml.plugins.trainers._worker", str(workdir), str(index), str(out_dir)],
+                    [sys.executable, "-m", WORKER_MODULE, str(workdir), str(index), str(out_dir)],
                     stdout=handle,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -272,4 +272,3 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             with suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-
