@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "run": "prodml.runner.commands:run_command",
     "compile": "prodml.runner.commands:compile_command",
     "init": "prodml.scaffold:init_command",
+    "ui": "prodml.ui.commands:ui_command",
 }
 
 
@@ -69,6 +70,8 @@ def build_parser(plugin_commands: Sequence[Any] = ()) -> argparse.ArgumentParser
     p = add("compile", "write the Kubeflow pipeline YAML for a config")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="pipeline YAML to write")
     add("models", "list the model versions in the configured store, and which is latest")
+    p = add("ui", "a local dashboard of runs, model versions and live endpoints (web browser)")
+    _ui_arguments(p)
     p = add("init", "scaffold a working project in DIR", config=False)
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--feast", action="store_true", help="also scaffold a Feast feature repository")
@@ -114,6 +117,12 @@ def plugin_commands(argv: Sequence[str]) -> dict[str, Any]:
         print(f"warning: plugin commands are not listed: {exc}", file=sys.stderr)
         return {}
     return installed
+
+
+def _ui_arguments(parser: argparse.ArgumentParser) -> None:
+    from prodml.ui.commands import add_arguments
+
+    add_arguments(parser)
 
 
 def load(args: argparse.Namespace) -> Any:

@@ -7,6 +7,7 @@
     runs/<run-id>/modelref.json   export
     runs/<run-id>/endpoint.json   serve
     runs/<run-id>/run.json        what ran, when, how long, with which result
+    runs/<run-id>/run.log         the progress lines the runner printed (secrets masked)
     runs/latest                   the id of the newest run (what ``--from`` resumes)
 
 A resumed run (``--from STAGE``) continues in the same folder: the outputs of the stages
@@ -15,18 +16,20 @@ before STAGE are reused, the later ones are replaced.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from prodml.core.config import STAGES
 from prodml.core.errors import RunnerError
 from prodml.runner import stages as st
 
 RUN_FILE = "run.json"
+LOG_FILE = "run.log"
 LATEST = "latest"
 
 
@@ -136,6 +139,10 @@ class RunFolder:
             raise RunnerError(f"run {run_id!r} not found in {runs}; recent runs: {shown}")
         return cls(root, json.loads(record_file.read_text(encoding="utf-8")))
 
+    def log_to(self, stream: TextIO) -> TextIO:
+        """``stream``, with everything written to it also appended to this run's ``run.log``."""
+        return _LogTee(stream, self.root / LOG_FILE)
+
     def save(self) -> None:
         """Write ``run.json`` atomically."""
         tmp = self.root / (RUN_FILE + ".tmp")
@@ -171,3 +178,35 @@ class RunFolder:
                     f"output there ({self.output_of(stage)})",
                     hint=f"resume from an earlier stage (--from {stage}) or run without --from",
                 )
+
+
+class _LogTee(io.TextIOBase):
+    """A text stream that writes to another and appends to a log file (secrets masked).
+
+    The file is opened per write: a runner prints a few dozen lines, and nothing is left
+    open when a run is interrupted.
+    """
+
+    def __init__(self, stream: TextIO, path: Path) -> None:
+        self.stream = stream
+        self.path = path
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        from prodml.core.logs import redact
+
+        self.stream.write(text)
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(redact(text))
+        except OSError:  # a full disk must not fail the run that the log describes
+            pass
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.stream, "isatty", lambda: False)())

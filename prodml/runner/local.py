@@ -107,7 +107,8 @@ class LocalRunner(PrintingRunner):
                 run.record["config_file"] = str(config.source_file)
             run.save()
 
-        progress = Progress(len(stages), self.out)
+        out = run.log_to(self.out)  # what the user sees is also kept as the run's run.log
+        progress = Progress(len(stages), out)
         progress.header(
             f"prodml run {config.project}: {' -> '.join(stages)} ({self.config.type} runner)\n"
             f"  run {run.run_id} in {run.root}"
@@ -139,9 +140,9 @@ class LocalRunner(PrintingRunner):
             dataset_dir=dataset_dir,
             keep_serving=keep_serving,
             registry=registry,
-            out=self.out,
+            out=out,
         )
-        print(f"run {run.run_id} done: {run.root / 'run.json'}", file=self.out)
+        print(f"run {run.run_id} done: {run.root / 'run.json'}", file=out)
         return summary
 
     def _earlier_inputs(self, stages: tuple[str, ...]) -> dict[str, str]:
@@ -225,7 +226,7 @@ class LocalRunner(PrintingRunner):
                 run.finish("failed", failed_stage=stage)
                 resume = resume_command(config, stage)
                 if isinstance(exc, ProdmlError):
-                    print(f"  resume after fixing it: {resume}", file=self.out)
+                    print(f"  resume after fixing it: {resume}", file=progress.stream)
                     raise
                 raise RunnerError(
                     f"stage {stage!r} failed: {type(exc).__name__}: {exc}",
