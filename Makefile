@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.prodml-installed
 AZURITE := tools/node_modules/.bin/azurite-blob
 CONFIG ?= config/local.yaml
 PYTEST_ARGS ?=
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test install lint format bench clean
+.PHONY: demo test install lint format bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +28,16 @@ $(AZURITE): tools/package.json
 demo: $(STAMP)
 	$(BIN)/prodml run -c $(CONFIG) $(if $(KEEP),--keep-serving,)
 
-test: $(STAMP) $(AZURITE)
+# The dashboard's browser tests drive the system's chromium through Playwright (never a
+# downloaded browser): install Debian's package when we may (root), else say what is missing.
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (apt-get) for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: no $(CHROMIUM): the browser tests skip (CI=true: fail); apt-get install chromium"; fi; }
+
+test: $(STAMP) $(AZURITE) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -84,7 +85,10 @@ def _duration(seconds: float | None) -> str:
     if minutes < 60:
         return f"{minutes} min {rest:02d} s"
     hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d" + (f" {hours} h" if hours else "")
 
 
 def _ago(value: datetime | None) -> str:
@@ -159,7 +163,7 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
 
     # -- pages ---------------------------------------------------------------------------
 
-    async def overview(request: Request) -> Response:
+    def overview(request: Request) -> Response:
         runs = project.runs(1, 5)
         latest, problem_text = None, ""
         if project.has_store:
@@ -178,10 +182,10 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
             servers=_safe(project.servers, []),
         )
 
-    async def runs(request: Request) -> Response:
+    def runs(request: Request) -> Response:
         return render(request, "runs.html", page=project.runs(_page_number(request)))
 
-    async def run(request: Request) -> Response:
+    def run(request: Request) -> Response:
         view = project.run(request.path_params["run_id"])
         return render(
             request,
@@ -194,11 +198,11 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
             log_text=project.run_log(view),
         )
 
-    async def run_stages(request: Request) -> Response:
+    def run_stages(request: Request) -> Response:
         view = project.run(request.path_params["run_id"])
         return render(request, "_stages.html", run=view)
 
-    async def models(request: Request) -> Response:
+    def models(request: Request) -> Response:
         if not project.has_store:
             return render(
                 request, "models.html", page=None, history=None, message=request.query_params.get("msg")
@@ -212,7 +216,7 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
             request, "models.html", page=page, history=history, message=request.query_params.get("msg")
         )
 
-    async def version(request: Request) -> Response:
+    def version(request: Request) -> Response:
         view = project.version(request.path_params["version"])
         return render(
             request,
@@ -223,14 +227,18 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
             latest=project.latest_version(),
         )
 
-    async def compare(request: Request) -> Response:
+    def compare(request: Request) -> Response:
         a, b = request.query_params.get("a", ""), request.query_params.get("b", "")
         if not a or not b:
             return RedirectResponse("/models", status_code=303)
         return render(request, "compare.html", cmp=project.compare(a, b))
 
     async def promote(request: Request) -> Response:
+        # the form is read here; the work (store writes, a server moving, a request) in a thread
         form = await request.form()
+        return await run_in_threadpool(_promote, request, form)
+
+    def _promote(request: Request, form: Any) -> Response:
         check_token(form)
         version = str(form.get("version", ""))
         if form.get("confirm") != "yes":
@@ -243,7 +251,11 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
         return RedirectResponse(f"/models?msg={quote(message)}", status_code=303)
 
     async def rollback(request: Request) -> Response:
+        # the form is read here; the work (store writes, a server moving, a request) in a thread
         form = await request.form()
+        return await run_in_threadpool(_rollback, request, form)
+
+    def _rollback(request: Request, form: Any) -> Response:
         check_token(form)
         if form.get("confirm") != "yes":
             return render(request, "confirm.html", action="rollback", version=None)
@@ -277,11 +289,15 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
             )
         return {"servers": servers, "forms": forms}
 
-    async def endpoints(request: Request) -> Response:
+    def endpoints(request: Request) -> Response:
         return render(request, "endpoints.html", result=None, **endpoint_context())
 
     async def try_it(request: Request) -> Response:
+        # the form is read here; the work (store writes, a server moving, a request) in a thread
         form = await request.form()
+        return await run_in_threadpool(_try_it, request, form)
+
+    def _try_it(request: Request, form: Any) -> Response:
         check_token(form)
         name = request.path_params["name"]
         server = project.server(name)
@@ -310,7 +326,7 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
         result.update(server=name, protocol=protocol, request=row)
         return render(request, "endpoints.html", result=result, **context)
 
-    async def features(request: Request) -> Response:
+    def features(request: Request) -> Response:
         if not project.has_feature_store():
             raise NotFound("the source of this project is not a feature store")
         views = project.feature_views()
@@ -353,6 +369,11 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
     async def prodml_error(request: Request, exc: Exception) -> Response:
         return problem(request, exc)
 
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # a bug of the dashboard: the traceback goes to its log, the page names the error only
+        log.error("dashboard error on %s", request.url.path, exc_info=exc)
+        return problem(request, exc, 500)
+
     routes = [
         Route("/", overview),
         Route("/runs", runs),
@@ -378,6 +399,7 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
             NotFound: not_found,
             HTTPException: http_error,
             ProdmlError: prodml_error,
+            Exception: internal_error,
         },
     )
     app.state.token = token

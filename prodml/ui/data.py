@@ -21,6 +21,8 @@ import contextlib
 import hashlib
 import json
 import math
+import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
     from prodml.core.interfaces import ModelStore
     from prodml.core.plugins import Registry
 
+#: run and version ids sort by time (``20261129T173000Z-3fa2b1``, ``...Z-1a2b3c4d``)
+RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]+$")
+VERSION_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 RUNS_PER_PAGE = 50
 VERSIONS_PER_PAGE = 25
 HINT_MARK = "\n  hint: "
@@ -309,12 +314,16 @@ class Project:
     # -- runs -------------------------------------------------------------------------
 
     def run_ids(self) -> list[str]:
-        """Ids of every run folder, newest first (ids sort by start time)."""
+        """Ids of every run folder, newest first (ids sort by start time).
+
+        Names are matched, not stat'ed: 500 runs cost one directory read; a folder whose
+        run.json is missing is skipped when its page is read.
+        """
         try:
-            entries = list(self.runs_dir.iterdir())
-        except FileNotFoundError:
+            names = os.listdir(self.runs_dir)
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted((p.name for p in entries if (p / "run.json").is_file()), reverse=True)
+        return sorted((name for name in names if RUN_ID.match(name)), reverse=True)
 
     def runs(self, page: int = 1, per_page: int = RUNS_PER_PAGE) -> Page:
         """A page of runs, newest first; only that page's records are read."""
@@ -461,20 +470,40 @@ class Project:
         return Page(self._with_metadata(chosen), page, per_page, len(listed))
 
     def version(self, version: str) -> VersionView:
-        """One stored version (``latest`` resolves to its id).
+        """One stored version (``latest`` resolves to its id), without listing every version.
 
         Raises:
             NotFound: the store has no complete version ``version``.
         """
+        from prodml.core.interfaces import ModelVersion
+
+        latest = self.latest_version()
         if version == "latest":
-            try:
-                version = self.store.resolve(self.model_name).version
-            except StoreError as exc:
-                raise NotFound(str(exc)) from None
-        for entry in self.store.versions(self.model_name):
-            if entry.version == version:
-                return self._with_metadata([entry])[0]
-        raise NotFound(f"no version {version!r} of {self.model_name!r}")
+            if latest is None:
+                raise NotFound(f"no version of {self.model_name!r} is stored yet")
+            version = latest
+        if not VERSION_ID.match(version):
+            raise NotFound(f"{version!r} is not a version id")
+        try:
+            self.store.resolve(self.model_name, version)
+        except StoreError as exc:
+            raise NotFound(str(exc).split(HINT_MARK)[0]) from None
+        size = self._version_size(version)
+        if size is None:  # a store without prodml's object layout: find it in the listing
+            for entry in self.store.versions(self.model_name):
+                if entry.version == version:
+                    return self._with_metadata([entry])[0]
+            raise NotFound(f"no version {version!r} of {self.model_name!r}")
+        created = datetime.strptime(version[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        entry = ModelVersion(version=version, created_at=created, size_bytes=size, latest=version == latest)
+        return self._with_metadata([entry])[0]
+
+    def _version_size(self, version: str) -> int | None:
+        """Bytes of one version from a listing of its folder alone (None: store cannot say)."""
+        lister, keyer = getattr(self.store, "_list", None), getattr(self.store, "version_key", None)
+        if lister is None or keyer is None:
+            return None
+        return sum(info.size for info in lister(keyer(self.model_name, version) + "/"))
 
     def latest_version(self) -> str | None:
         try:
@@ -549,15 +578,23 @@ class Project:
     def promote(self, version: str) -> str:
         """Make ``version`` latest with the CLI's code; returns what happened, for the page."""
         module = self._require_lifecycle("promote")
-        module.promote(self.config, version)
-        return f"promoted {version}: latest is now {self.latest_version()}"
+        result = module.promote(self.config, version)
+        return self._moved("promoted", result)
 
     def rollback(self) -> str:
         """Move ``latest`` back to the version before it, with the CLI's code."""
         module = self._require_lifecycle("rollback")
-        before = self.latest_version()
-        module.rollback(self.config)
-        return f"rolled back from {before}: latest is now {self.latest_version()}"
+        result = module.rollback(self.config)
+        return self._moved("rolled back", result)
+
+    def _moved(self, what: str, result: Any) -> str:
+        latest = self.latest_version()
+        previous = getattr(result, "previous", None)
+        text = f"{what}: latest is now {latest}" + (f" (was {previous})" if previous else "")
+        endpoint = getattr(result, "endpoint", None)
+        if endpoint is not None:
+            text += f"; the server at {endpoint.url} serves it"
+        return text
 
     def _require_lifecycle(self, action: str) -> Any:
         module = self.lifecycle()
