@@ -119,3 +119,28 @@ def test_requests_for_another_host_name_are_refused(client) -> None:
     # a page on another site that rebinds its DNS name to 127.0.0.1 sends its own Host
     response = client.get("/models", headers={"Host": "attacker.example:8765"})
     assert response.status_code == 400
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path, capsys) -> None:
+    import socket
+
+    from prodml.cli import main
+
+    config = write_config(tmp_path, {"type": "local", "root": "models"})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["ui", "-c", str(config), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+
+
+def test_every_screenshot_docs_ui_shows_is_committed() -> None:
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", (docs / "ui.md").read_text())
+    assert len(images) >= 8
+    assert [name for name in images if not (docs / name).is_file()] == []

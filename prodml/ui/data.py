@@ -644,8 +644,9 @@ class Project:
         if model != name:
             return False
         project_dir = _field(record, "project_dir")
-        if project_dir:
-            return Path(project_dir).resolve() == self.config.base_dir.resolve()
+        if project_dir:  # servers are keyed by project folder: server.project_dir or the config's
+            ours = getattr(self.config.section("server"), "project_dir", None) or self.config.base_dir
+            return Path(project_dir).resolve() == Path(ours).resolve()
         config_file = _field(record, "config_file")
         if config_file and self.config.source_file is not None:
             return Path(config_file).resolve() == self.config.source_file.resolve()
