@@ -1,23 +1,28 @@
 """Point-in-time correctness of the feast source, against an independent pandas reference.
 
-The generated feature tables are built to hit the hard cases: several rows of one entity with
-the same event timestamp (ties, broken by the created timestamp), rows written long after
-their event timestamp (late-arriving / back-filled), rows stored out of order, entity
-timestamps exactly on a feature timestamp and exactly on the TTL boundary (and one second
-past it), and feature rows timestamped after the entity row (which must never be joined).
+The generated repository is built to hit the hard cases: two feature views with different
+TTLs, timestamp and created columns; a composite join key (user, device) on one and field
+mappings (file column -> join key and feature name) on the other; several rows of one entity
+with the same event timestamp and different created timestamps (ties, broken by the later
+created); rows written long after their event timestamp (late, back-filled); rows stored out
+of order; entity rows repeated, placed exactly on a feature timestamp, one second before it,
+exactly on the TTL boundary and one second past it.
 
 The rule the reference implements (Feast's documented semantics, both ends inclusive):
 
-    candidates = rows of the same entity with
+    candidates = rows with the entity row's join key values and
                  event_ts - ttl <= feature_ts <= event_ts
                  and, when filtering by created time, created <= event_ts
-    value      = the candidate with the greatest (feature_ts, created)
+    value      = the candidate with the greatest (feature_ts, created, row in the file)
 
 Every feature value is unique, so each joined value identifies the source row it came from.
+prodml's DuckDB engine must equal the reference on every row; Feast's DuckDB offline store
+too (it breaks ties by created like the rule); Feast's file store up to how it breaks ties.
 """
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -34,28 +39,34 @@ from prodml.plugins.sources.feast import FeastSource, FeastSourceConfig  # noqa:
 
 T0 = pd.Timestamp("2024-03-01T00:00:00Z")
 TTL = {"fast": timedelta(hours=1), "slow": timedelta(days=2)}
-USERS = 12
+USERS, DEVICES = 8, 2
 
 DEFINITIONS = """
 from datetime import timedelta
-from feast import Entity, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64
 
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+device = Entity(name="device", join_keys=["device_id"], value_type=ValueType.INT64)
 
+# keyed by (user, device); event time and created time under Feast's usual names
 fast = FeatureView(
-    name="fast", entities=[user], ttl=timedelta(hours=1),
-    schema=[Field(name="fast_value", dtype=Float64)],
+    name="fast", entities=[user, device], ttl=timedelta(hours=1),
+    schema=[Field(name="fast_value", dtype=Float64), Field(name="fast_extra", dtype=Float64)],
     source=FileSource(name="fast_src", path="data/fast.parquet",
                       timestamp_field="event_timestamp", created_timestamp_column="created"),
 )
 
+# keyed by user; other column names, the join key and the feature renamed by field_mapping
 slow = FeatureView(
     name="slow", entities=[user], ttl=timedelta(days=2),
     schema=[Field(name="slow_value", dtype=Float64)],
-    source=FileSource(name="slow_src", path="data/slow.parquet",
-                      timestamp_field="event_timestamp", created_timestamp_column="created"),
+    source=FileSource(name="slow_src", path="data/slow.parquet", timestamp_field="ts",
+                      created_timestamp_column="written",
+                      field_mapping={"uid": "user_id", "raw": "slow_value"}),
 )
+
+both = FeatureService(name="both", features=[fast[["fast_value"]], slow])
 """
 
 STORE_YAML = """
@@ -67,142 +78,194 @@ offline_store: {{type: {offline}}}
 entity_key_serialization_version: 3
 """
 
+#: how each view's file names the columns the reference needs
+LAYOUT = {
+    "fast": {
+        "keys": [("user_id", "user_id"), ("device_id", "device_id")],
+        "ts": "event_timestamp",
+        "created": "created",
+        "value": "fast_value",
+    },
+    "slow": {"keys": [("user_id", "uid")], "ts": "ts", "created": "written", "value": "raw"},
+}
 
-def feature_table(rng: np.random.Generator, view: str, rows_per_user: int, base: float) -> pd.DataFrame:
+
+def feature_table(rng: np.random.Generator, view: str, rows_per_key: int, base: float) -> pd.DataFrame:
     """Rows on a coarse minute grid (so event timestamps tie), created 0-3 h later, shuffled."""
-    users = np.repeat(np.arange(1, USERS + 1), rows_per_user)
-    minutes = rng.integers(0, 8 * 60, len(users))
-    table = pd.DataFrame(
-        {
-            "user_id": users.astype("int64"),
-            "event_timestamp": T0 + pd.to_timedelta(minutes - minutes % 5, unit="min"),
-        }
-    )
+    layout = LAYOUT[view]
+    keys = [(u, d) for u in range(1, USERS + 1) for d in range(1, DEVICES + 1)]
+    if view == "slow":
+        keys = [(u, 0) for u in range(1, USERS + 1)]
+    pairs = np.repeat(np.array(keys), rows_per_key, axis=0)
+    minutes = rng.integers(0, 8 * 60, len(pairs))
+    table = pd.DataFrame({layout["ts"]: T0 + pd.to_timedelta(minutes - minutes % 5, unit="min")})
     # created: mostly minutes after the event, a quarter arrive hours late (back-filled);
-    # the row number in seconds keeps (event_ts, created) unique per user
+    # the row number in seconds keeps (event_ts, created) unique per key
     late = rng.random(len(table)) < 0.25
     delay_min = np.where(late, rng.integers(60, 180, len(table)), rng.integers(0, 10, len(table)))
-    table["created"] = (
-        table["event_timestamp"]
+    table[layout["created"]] = (
+        table[layout["ts"]]
         + pd.to_timedelta(delay_min, unit="min")
         + pd.to_timedelta(np.arange(len(table)), unit="s")
     )
-    # force ties: copy some rows' event timestamps onto the next row of the same user
+    for (_, column), values in zip(layout["keys"], pairs.T, strict=False):
+        table[column] = values.astype("int64")
+    # force ties: copy some rows' event timestamps onto the next row of the same key
+    same_key = (pairs[1:] == pairs[:-1]).all(axis=1)
     for i in range(0, len(table) - 1, 7):
-        if table.at[i, "user_id"] == table.at[i + 1, "user_id"]:
-            table.at[i + 1, "event_timestamp"] = table.at[i, "event_timestamp"]
-    table[f"{view}_value"] = base + np.arange(len(table), dtype="float64")
+        if same_key[i]:
+            table.at[i + 1, layout["ts"]] = table.at[i, layout["ts"]]
+    table[layout["value"]] = base + np.arange(len(table), dtype="float64")
+    if view == "fast":
+        table["fast_extra"] = -table["fast_value"]
     return table.sample(frac=1.0, random_state=int(base)).reset_index(drop=True)
 
 
-def entity_rows(rng: np.random.Generator, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Random events plus events placed on the exact edges of the fast view's rows."""
+def entity_rows(rng: np.random.Generator, fast: pd.DataFrame) -> pd.DataFrame:
+    """Random events, events on the exact edges of the fast view's rows, and repeats."""
     n = 300
     events = pd.DataFrame(
         {
             "user_id": rng.integers(1, USERS + 2, n).astype("int64"),  # USERS + 1 has no features
+            "device_id": rng.integers(1, DEVICES + 1, n).astype("int64"),
             "event_timestamp": T0 + pd.to_timedelta(rng.integers(-30, 10 * 60, n), unit="min"),
+            "edge": "random",
         }
     )
-    fast = tables["fast"].sample(40, random_state=1)
-    ttl = TTL["fast"]
+    sampled = fast.sample(40, random_state=1)
     edges = []
-    for offset in (
-        pd.Timedelta(0),  # exactly at the feature timestamp: included
-        -pd.Timedelta(seconds=1),  # one second before it: the row must not be used
-        ttl,  # exactly TTL later: still included
-        ttl + pd.Timedelta(seconds=1),  # one second past the TTL: expired
-    ):
+    for name, offset in EDGES.items():
         edges.append(
             pd.DataFrame(
-                {"user_id": fast["user_id"].to_numpy(), "event_timestamp": fast["event_timestamp"] + offset}
+                {
+                    "user_id": sampled["user_id"].to_numpy(),
+                    "device_id": sampled["device_id"].to_numpy(),
+                    "event_timestamp": sampled["event_timestamp"] + offset,
+                    "edge": name,
+                    "edge_value": sampled["fast_value"].to_numpy(),
+                }
             )
         )
     out = pd.concat([events, *edges], ignore_index=True)
+    # entity rows repeated: every twentieth row again, later in the frame
+    out = pd.concat([out, out.iloc[::20].assign(edge="repeat")], ignore_index=True)
     out["event_timestamp"] = out["event_timestamp"].astype("datetime64[us, UTC]")
     out["row"] = np.arange(len(out), dtype="float64")  # the label: which entity row this was
     return out
 
 
-def reference(events: pd.DataFrame, table: pd.DataFrame, ttl: timedelta, by_created: bool) -> pd.Series:
-    """The value each event gets from ``table`` per the rule in the module docstring (NaN: none)."""
-    return pd.Series([max(c)[1] if c else np.nan for c in candidates(events, table, ttl, by_created)])
+EDGES = {
+    "at": pd.Timedelta(0),  # exactly at the feature timestamp: included
+    "before": -pd.Timedelta(seconds=1),  # one second before it: the row must not be used
+    "ttl": pd.Timedelta(TTL["fast"]),  # exactly TTL later: still included
+    "past_ttl": pd.Timedelta(TTL["fast"]) + pd.Timedelta(seconds=1),  # one second past: expired
+}
 
 
-def candidates(
-    events: pd.DataFrame, table: pd.DataFrame, ttl: timedelta, by_created: bool
-) -> list[list[tuple[pd.Timestamp, float]]]:
-    """Per event: (created, value) of the joinable rows at the newest joinable feature timestamp."""
-    value = next(c for c in table.columns if c.endswith("_value"))
+def candidates(events: pd.DataFrame, view: str, table: pd.DataFrame, by_created: bool) -> list[pd.DataFrame]:
+    """Per event: the joinable rows of ``table`` at the newest joinable feature timestamp."""
+    layout, ttl = LAYOUT[view], TTL[view]
+    ts, created = layout["ts"], layout["created"]
+    table = table.assign(_file_row=np.arange(len(table)))
     out = []
-    for user, ts in zip(events["user_id"], events["event_timestamp"], strict=True):
-        rows = table[(table["user_id"] == user) & (table["event_timestamp"] <= ts)]
-        rows = rows[rows["event_timestamp"] >= ts - ttl]
+    for _, event in events.iterrows():
+        rows = table
+        for entity_column, column in layout["keys"]:
+            rows = rows[rows[column] == event[entity_column]]
+        at = event["event_timestamp"]
+        rows = rows[(rows[ts] <= at) & (rows[ts] >= at - ttl)]
         if by_created:
-            rows = rows[rows["created"] <= ts]
-        newest = rows[rows["event_timestamp"] == rows["event_timestamp"].max()]
-        out.append(list(zip(newest["created"], newest[value], strict=True)))
+            rows = rows[rows[created] <= at]
+        out.append(rows[rows[ts] == rows[ts].max()])
     return out
+
+
+def reference(events: pd.DataFrame, view: str, table: pd.DataFrame, by_created: bool) -> pd.Series:
+    """The value each event gets per the rule in the module docstring (NaN: none)."""
+    created, value = LAYOUT[view]["created"], LAYOUT[view]["value"]
+    picked = [
+        rows.sort_values([created, "_file_row"])[value].iloc[-1] if len(rows) else np.nan
+        for rows in candidates(events, view, table, by_created)
+    ]
+    return pd.Series(picked, dtype="float64")
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rng = np.random.default_rng(2024)
     root = tmp_path_factory.mktemp("pit")
-    tables = {"fast": feature_table(rng, "fast", 10, 1000.0), "slow": feature_table(rng, "slow", 3, 5000.0)}
-    events = entity_rows(rng, tables)
-    repos = {}
-    for offline in ("file", "duckdb"):
-        repo = root / offline
-        (repo / "data").mkdir(parents=True)
-        (repo / "definitions.py").write_text(textwrap.dedent(DEFINITIONS))
-        (repo / "feature_store.yaml").write_text(STORE_YAML.format(name=offline, offline=offline))
-        for name, table in tables.items():
-            table.to_parquet(repo / "data" / f"{name}.parquet", index=False)
-        events.to_parquet(repo / "entities.parquet", index=False)
-        repos[offline] = repo
-    return {"tables": tables, "events": events, "repos": repos}
+    tables = {"fast": feature_table(rng, "fast", 8, 1000.0), "slow": feature_table(rng, "slow", 3, 5000.0)}
+    events = entity_rows(rng, tables["fast"])
+    repos = {offline: make_repo(root / offline, offline, tables, events) for offline in ("file", "duckdb")}
+    want = {
+        by_created: pd.DataFrame({view: reference(events, view, tables[view], by_created) for view in tables})
+        for by_created in (True, False)
+    }
+    return {"tables": tables, "events": events, "repos": repos, "want": want}
 
 
-def fetch(repo: Path, *, by_created: bool = True) -> pd.DataFrame:
-    source = FeastSource(
-        FeastSourceConfig(
-            type="feast",
-            repo_path=repo,
-            features=["fast:fast_value", "slow:slow_value"],
-            entity_df=repo / "entities.parquet",
-            label="row",
-            filter_by_created_timestamp=by_created,
-            drop_incomplete=True,
-            materialize=False,
-        )
+def make_repo(repo: Path, offline: str, tables: dict[str, pd.DataFrame], events: pd.DataFrame) -> Path:
+    (repo / "data").mkdir(parents=True)
+    (repo / "definitions.py").write_text(textwrap.dedent(DEFINITIONS))
+    (repo / "feature_store.yaml").write_text(STORE_YAML.format(name=repo.name, offline=offline))
+    for name, table in tables.items():
+        table.to_parquet(repo / "data" / f"{name}.parquet", index=False)
+    events[["user_id", "device_id", "event_timestamp", "row"]].to_parquet(
+        repo / "entities.parquet", index=False
     )
-    return source.training_frame()
+    return repo
+
+
+def fetch(repo: Path, *, engine: str, by_created: bool = True, **overrides) -> pd.DataFrame:
+    settings = {
+        "type": "feast",
+        "repo_path": repo,
+        "features": ["fast:fast_value", "slow:slow_value"],
+        "entity_df": repo / "entities.parquet",
+        "label": "row",
+        "engine": engine,
+        "filter_by_created_timestamp": by_created,
+        "drop_incomplete": True,
+        "materialize": False,
+        **overrides,
+    }
+    return FeastSource(FeastSourceConfig(**settings)).training_frame()
 
 
 def expected(generated: dict, by_created: bool) -> pd.DataFrame:
-    events = generated["events"]
-    frame = pd.DataFrame(
-        {
-            view: reference(events, generated["tables"][view], TTL[view], by_created)
-            for view in ("fast", "slow")
-        }
-    )
-    frame.columns = ["fast_value", "slow_value"]
-    frame["row"] = events["row"]
-    return frame
+    want = generated["want"][by_created]
+    frame = pd.DataFrame({"fast_value": want["fast"], "slow_value": want["slow"]})
+    frame["row"] = generated["events"]["row"]
+    return frame.dropna().reset_index(drop=True)
+
+
+SELECTIONS = {
+    "feature-refs": {},
+    "service-full-names": {"features": None, "feature_service": "both", "full_feature_names": True},
+}
+
+
+@pytest.mark.parametrize("selection", list(SELECTIONS))
+@pytest.mark.parametrize("by_created", [True, False], ids=["created-cutoff", "event-time-only"])
+def test_duckdb_engine_matches_the_reference(generated: dict, by_created: bool, selection: str) -> None:
+    want = expected(generated, by_created)
+    # the generated data must really contain the hard cases, or the test proves little
+    assert 0 < len(want) < len(generated["events"])
+    got = fetch(generated["repos"]["file"], engine="duckdb", by_created=by_created, **SELECTIONS[selection])
+    if selection == "service-full-names":
+        want = want.rename(columns={"fast_value": "fast__fast_value", "slow_value": "slow__slow_value"})
+    # rows without a value in TTL are exactly the ones dropped, and the others keep their order
+    assert got["row"].tolist() == want["row"].tolist()
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
 
 
 @pytest.mark.parametrize("by_created", [True, False], ids=["created-cutoff", "event-time-only"])
-def test_duckdb_store_matches_the_reference(generated: dict, by_created: bool) -> None:
+def test_feast_duckdb_store_matches_the_reference(generated: dict, by_created: bool) -> None:
+    """Feast's own DuckDB store agrees: the data has ties on event time, none on created too."""
     want = expected(generated, by_created)
-    complete = want.dropna().reset_index(drop=True)
-    # the generated data must really contain the hard cases, or the test proves little
-    assert 0 < len(complete) < len(want)
-    got = fetch(generated["repos"]["duckdb"], by_created=by_created)
-    # rows without a value in TTL are exactly the ones dropped, and the others keep their order
-    assert got["row"].tolist() == complete["row"].tolist()
-    pd.testing.assert_frame_equal(got, complete, check_dtype=False)
+    got = fetch(generated["repos"]["duckdb"], engine="feast", by_created=by_created)
+    assert got["row"].tolist() == want["row"].tolist()
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
 
 
 @pytest.mark.parametrize("by_created", [True, False], ids=["created-cutoff", "event-time-only"])
@@ -214,63 +277,99 @@ def test_file_store_matches_the_reference_up_to_ties(generated: dict, by_created
     that is not stable, so it may take any of them. Every other row must match exactly,
     and a tie must still resolve to one of the tied, joinable rows (never to a leak).
     """
-    events = generated["events"]
+    events, tables = generated["events"], generated["tables"]
     want = expected(generated, by_created)
-    complete = want.dropna().reset_index(drop=True)
-    got = fetch(generated["repos"]["file"], by_created=by_created)
-    assert got["row"].tolist() == complete["row"].tolist()
+    got = fetch(generated["repos"]["file"], engine="feast", by_created=by_created)
+    assert got["row"].tolist() == want["row"].tolist()
     kept = events["row"].isin(got["row"]).to_numpy()
     for view in ("fast", "slow"):
-        column = f"{view}_value"
-        allowed = candidates(events[kept], generated["tables"][view], TTL[view], by_created)
-        for value, wanted, options in zip(got[column], complete[column], allowed, strict=True):
+        column, source = f"{view}_value", LAYOUT[view]["value"]
+        allowed = candidates(events[kept], view, tables[view], by_created)
+        for value, wanted, options in zip(got[column], want[column], allowed, strict=True):
             if len(options) == 1:
                 assert value == wanted
             else:
-                assert value in {v for _, v in options}
+                assert value in set(options[source])
 
 
-def test_reference_sees_ties_late_rows_and_edges(generated: dict) -> None:
-    tables, events = generated["tables"], generated["events"]
+def test_the_reference_sees_ties_late_rows_repeats_and_edges(generated: dict) -> None:
+    tables, events, want = generated["tables"], generated["events"], generated["want"]
     fast = tables["fast"]
-    assert fast.duplicated(["user_id", "event_timestamp"]).any(), "no ties generated"
+    assert fast.duplicated(["user_id", "device_id", "event_timestamp"]).any(), "no ties generated"
     assert ((fast["created"] - fast["event_timestamp"]) > TTL["fast"]).any(), "no late rows generated"
-    with_cutoff = expected(generated, True)["fast_value"]
-    without = expected(generated, False)["fast_value"]
-    assert (with_cutoff.fillna(-1) != without.fillna(-1)).sum() > 10, "the created cutoff changes nothing"
-    tied = [c for c in candidates(events, fast, TTL["fast"], True) if len(c) > 1]
+    changed = (want[True]["fast"].fillna(-1) != want[False]["fast"].fillna(-1)).sum()
+    assert changed > 10, "the created cutoff changes nothing"
+    tied = [c for c in candidates(events, "fast", fast, True) if len(c) > 1]
     assert len(tied) > 5, "no event sees a tie among its joinable rows"
-    # the edge rows: at the timestamp and exactly TTL later the row is joinable (unless it
-    # was created later), one second past the TTL never from that row
-    assert len(events) == 300 + 4 * 40
+    tie_values = [set(c["fast_value"]) for c in tied]
+    assert all(len(v) > 1 for v in tie_values), "tied rows must differ in value, or a wrong pick hides"
+    assert (events["edge"] == "repeat").sum() > 10
+    # the edge rows decide answers: the sampled row itself is the answer exactly at its
+    # timestamp and exactly TTL later (where nothing newer came), never a second before it
+    # nor a second past the TTL; without the edges at TTL those answers would be missing
+    for by_created in (True, False):
+        answer = want[by_created]["fast"]
+        row_is_answer = answer.to_numpy() == events["edge_value"].to_numpy()
+        by_edge = pd.Series(row_is_answer).groupby(events["edge"].to_numpy()).sum()
+        # (with the cutoff a row is rarely known at its own timestamp: it is written later)
+        assert by_edge["ttl"] > 5 and (by_created or by_edge["at"] > 5), by_edge.to_dict()
+        assert by_edge["before"] == 0 and by_edge["past_ttl"] == 0, by_edge.to_dict()
+        at_ttl = answer[(events["edge"] == "ttl").to_numpy()].to_numpy()
+        past_ttl = answer[(events["edge"] == "past_ttl").to_numpy()].to_numpy()
+        assert (np.isnan(past_ttl) & ~np.isnan(at_ttl)).sum() > 5, "one second past the TTL changes nothing"
 
 
-@pytest.mark.parametrize("offline", ["file", "duckdb"])
-def test_no_value_from_the_future(generated: dict, offline: str) -> None:
+def test_identical_ties_resolve_to_the_last_row_in_the_file(tmp_path: Path) -> None:
+    """Rows equal in event and created time: the engine takes the one written last, every time."""
+    event = T0 + pd.Timedelta(hours=5)
+    fast = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1],
+            "device_id": [1, 1, 1, 1],
+            "event_timestamp": [event - pd.Timedelta(minutes=10)] * 3 + [event - pd.Timedelta(minutes=20)],
+            "created": [event - pd.Timedelta(minutes=5)] * 3 + [event],
+            "fast_value": [1.0, 2.0, 3.0, 4.0],
+            "fast_extra": [0.0] * 4,
+        }
+    )
+    slow = pd.DataFrame({"uid": [1], "ts": [event], "written": [event], "raw": [7.0]})
+    events = pd.DataFrame(
+        {"user_id": [1, 1], "device_id": [1, 1], "event_timestamp": [event, event], "row": [0.0, 1.0]}
+    )
+    repo = make_repo(tmp_path / "ties", "duckdb", {"fast": fast, "slow": slow}, events)
+    got = fetch(repo, engine="duckdb")
+    assert got["fast_value"].tolist() == [3.0, 3.0]
+    # Feast's DuckDB store picks one of the tied rows, which one is not defined
+    assert set(fetch(repo, engine="feast")["fast_value"]) <= {1.0, 2.0, 3.0}
+
+
+ENGINES = [("duckdb", "file"), ("feast", "file"), ("feast", "duckdb")]
+
+
+@pytest.mark.parametrize(("engine", "offline"), ENGINES, ids=["duckdb-engine", "feast-file", "feast-duckdb"])
+def test_no_value_from_the_future(generated: dict, engine: str, offline: str) -> None:
     """Leakage: no joined value was timestamped, or written, after its entity row's timestamp."""
-    got = fetch(generated["repos"][offline])
+    got = fetch(generated["repos"][offline], engine=engine)
     events = generated["events"].set_index("row")
     for view in ("fast", "slow"):
-        source_rows = generated["tables"][view].set_index(f"{view}_value")
+        layout = LAYOUT[view]
+        source_rows = generated["tables"][view].set_index(layout["value"])
         origin = source_rows.loc[got[f"{view}_value"].to_numpy()]
         event_ts = events.loc[got["row"].to_numpy(), "event_timestamp"].to_numpy()
-        assert (origin["event_timestamp"].to_numpy() <= event_ts).all()
-        assert (origin["created"].to_numpy() <= event_ts).all()
-        assert (origin["event_timestamp"].to_numpy() >= event_ts - TTL[view]).all()
+        assert (origin[layout["ts"]].to_numpy() <= event_ts).all()
+        assert (origin[layout["created"]].to_numpy() <= event_ts).all()
+        assert (origin[layout["ts"]].to_numpy() >= event_ts - TTL[view]).all()
 
 
-@pytest.mark.parametrize("offline", ["file", "duckdb"])
-def test_a_value_written_after_the_event_never_appears(tmp_path: Path, offline: str) -> None:
+@pytest.mark.parametrize(("engine", "offline"), ENGINES, ids=["duckdb-engine", "feast-file", "feast-duckdb"])
+def test_a_value_written_after_the_event_never_appears(tmp_path: Path, engine: str, offline: str) -> None:
     """A minimal leakage scenario: the newest values exist but came too late for the event."""
-    repo = tmp_path / "repo"
-    (repo / "data").mkdir(parents=True)
-    (repo / "definitions.py").write_text(textwrap.dedent(DEFINITIONS))
-    (repo / "feature_store.yaml").write_text(STORE_YAML.format(name="leak", offline=offline))
     event = T0 + pd.Timedelta(hours=5)
     second = pd.Timedelta(seconds=1)
     fast = pd.DataFrame(
         {
             "user_id": [1, 1, 1, 1],
+            "device_id": [1, 1, 1, 1],
             "event_timestamp": [event - pd.Timedelta(minutes=30), event - second, event, event + second],
             "created": [
                 event - pd.Timedelta(minutes=29),
@@ -279,33 +378,42 @@ def test_a_value_written_after_the_event_never_appears(tmp_path: Path, offline: 
                 event + second,
             ],
             "fast_value": [1.0, 2.0, 3.0, 4.0],
+            "fast_extra": [0.0] * 4,
         }
     )
     # 1: old and known; 2: back-filled after the event; 3: at the event, known; 4: future
     slow = pd.DataFrame(
         {
-            "user_id": [1, 1],
-            "event_timestamp": [event - pd.Timedelta(hours=1), event + pd.Timedelta(minutes=1)],
-            "created": [event - pd.Timedelta(hours=1), event + pd.Timedelta(minutes=1)],
-            "slow_value": [10.0, 99.0],
+            "uid": [1, 1],
+            "ts": [event - pd.Timedelta(hours=1), event + pd.Timedelta(minutes=1)],
+            "written": [event - pd.Timedelta(hours=1), event + pd.Timedelta(minutes=1)],
+            "raw": [10.0, 99.0],
         }
     )
-    fast.to_parquet(repo / "data" / "fast.parquet", index=False)
-    slow.to_parquet(repo / "data" / "slow.parquet", index=False)
     events = pd.DataFrame(
         {
             "user_id": [1, 1],
+            "device_id": [1, 1],
             "event_timestamp": [event, event - second],
             "row": [0.0, 1.0],
         }
     )
-    events.to_parquet(repo / "entities.parquet", index=False)
-    got = fetch(repo)
+    repo = make_repo(tmp_path / "leak", offline, {"fast": fast, "slow": slow}, events)
+    got = fetch(repo, engine=engine)
     assert got["fast_value"].tolist() == [3.0, 1.0]
     assert got["slow_value"].tolist() == [10.0, 10.0]
     assert not got.isin([2.0, 4.0, 99.0]).any().any()
     # without the created cutoff the back-filled value 2 becomes visible to the second event,
     # but a value timestamped after the event (4, 99) still never does
-    loose = fetch(repo, by_created=False)
+    loose = fetch(repo, engine=engine, by_created=False)
     assert loose["fast_value"].tolist() == [3.0, 2.0]
     assert not loose.isin([4.0, 99.0]).any().any()
+
+
+def test_auto_picks_duckdb_for_parquet_views_and_says_so(
+    generated: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="prodml.plugins.sources.feast"):
+        got = fetch(generated["repos"]["file"], engine="auto")
+    assert "DuckDB queries over 2 view(s) (engine: auto)" in caplog.text
+    pd.testing.assert_frame_equal(got, expected(generated, True), check_dtype=False)

@@ -65,7 +65,7 @@ class TestFeastSource(DataSourceConformance):
 
 
 class TestFeastSourceDuckDB(DataSourceConformance):
-    """The same repository through Feast's DuckDB offline store, selected by a feature service."""
+    """The same repository joined by Feast's own DuckDB offline store, selected by a feature service."""
 
     @pytest.fixture
     def backend_config(self, repo: Path) -> dict:
@@ -73,6 +73,7 @@ class TestFeastSourceDuckDB(DataSourceConformance):
             "type": "feast",
             "repo_path": str(repo),
             "feature_store_yaml": "feature_store.duckdb.yaml",
+            "engine": "feast",
             "feature_service": "house_price_model",
             "entity_df": str(repo / "data" / "house_sales.parquet"),
             "label": "target",

@@ -78,6 +78,20 @@ class FeastSourceConfig(PluginConfig):
         False,
         description="drop entity rows lacking a feature value (outside the TTL) instead of failing",
     )
+    engine: Literal["auto", "duckdb", "feast"] = Field(
+        "auto",
+        description="who computes training frames: `duckdb` (prodml's DuckDB queries over the views' "
+        "Parquet files), `feast` (the repository's offline store), or `auto` (duckdb when every "
+        "requested view reads Parquet files, feast otherwise)",
+    )
+    memory_limit: str | None = Field(
+        None,
+        description="memory the duckdb engine may use before spilling to disk: 2GB, 512MiB or 40% "
+        "(default: half of the machine's memory)",
+    )
+    spill_dir: ConfigPath | None = Field(
+        None, description="folder the duckdb engine spills to (default: the system's temp folder)"
+    )
     apply: bool = Field(
         True, description="apply the repository's definitions before use (what `feast apply` does)"
     )
@@ -99,6 +113,15 @@ class FeastSourceConfig(PluginConfig):
         if self.label == self.timestamp_column:
             raise ValueError("label and timestamp_column name the same column")
         return self
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _a_size(cls, value: str | None) -> str | None:
+        from prodml.plugins.sources._pit_engine import parse_memory_limit
+
+        if value is not None:
+            parse_memory_limit(value)  # its ValueError names the bad value and the forms accepted
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -122,6 +145,8 @@ class FeastSource(DataSource):
         self._keys: list[str] | None = None
         self._views: list[str] = []
         self._online_ready = False
+        self._engine: str | None = None
+        self._plan: list[Any] = []
 
     # -- the store ---------------------------------------------------------------------
 
@@ -372,9 +397,68 @@ class FeastSource(DataSource):
                 ) from None
         return parsed.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
 
-    def training_frame(self) -> pd.DataFrame:
-        entities = self.read_entity_df()
-        features, label = self.feature_names, self.label
+    @property
+    def engine(self) -> str:
+        """The engine that computes training frames: ``duckdb`` or ``feast`` (``auto`` resolved)."""
+        if self._engine is None:
+            self._engine, self._plan = self._choose_engine()
+        return self._engine
+
+    def _choose_engine(self) -> tuple[str, list[Any]]:
+        from prodml.plugins.sources._feast_plan import duckdb_plan, select_views
+
+        wanted = self.config.engine
+        if wanted == "feast":
+            log.info("feast source: training frames from Feast's offline store (engine: feast)")
+            return "feast", []
+        selection = select_views(self.store, self.feature_refs, self.config.feature_service)
+        plan, reason = duckdb_plan(
+            selection, Path(self.config.repo_path), full_feature_names=self.config.full_feature_names
+        )
+        if reason is None:
+            log.info(
+                "feast source: training frames from DuckDB queries over %d view(s) (engine: %s)",
+                len(plan),
+                wanted,
+            )
+            return "duckdb", plan
+        if wanted == "duckdb":
+            raise ConfigError(
+                f"engine duckdb cannot compute these features: {reason}",
+                field="source.engine",
+                hint="set source.engine: auto (or feast) to let Feast's offline store join them",
+            )
+        log.info("feast source: engine auto chose feast: %s", reason)
+        return "feast", []
+
+    def historical_features(self, entities: pd.DataFrame) -> pd.DataFrame:
+        """Point-in-time feature values for ``entities``, computed by :attr:`engine`.
+
+        Args:
+            entities: the join keys and ``timestamp_column`` (UTC), as
+                :meth:`read_entity_df` returns them; rows may repeat.
+
+        Returns:
+            The :attr:`feature_names` columns, one row per entity row in order (index
+            0..n-1), NaN where a row has no value within the view's TTL.
+        """
+        if self.engine == "duckdb":
+            from prodml.plugins.sources._pit_engine import PointInTimeJoin, parse_memory_limit
+
+            join = PointInTimeJoin(
+                parse_memory_limit(self.config.memory_limit),
+                spill_dir=str(self.config.spill_dir) if self.config.spill_dir else None,
+            )
+            joined = join.join(
+                entities,
+                self.config.timestamp_column,
+                self._plan,
+                filter_by_created=self.config.filter_by_created_timestamp,
+            )
+            return joined[self.feature_names]
+        return self._feast_features(entities)
+
+    def _feast_features(self, entities: pd.DataFrame) -> pd.DataFrame:
         lookup = [*self.entity_keys, self.config.timestamp_column]
         # Feast is asked once per distinct (join keys, timestamp): its file offline store
         # merges entity rows that repeat such a pair, and every repeat gets the same values.
@@ -389,7 +473,12 @@ class FeastSource(DataSource):
         # The file store also drops entity rows whose candidates are all outside the TTL
         # instead of returning nulls: reindexing brings them back as NaN, in entity_df order.
         joined = joined.set_index(ROW_ID).reindex(range(len(request)))
-        frame = joined[features].iloc[group].reset_index(drop=True)
+        return joined[self.feature_names].iloc[group].reset_index(drop=True)
+
+    def training_frame(self) -> pd.DataFrame:
+        entities = self.read_entity_df()
+        features, label = self.feature_names, self.label
+        frame = self.historical_features(entities)
         frame[label] = entities[label].to_numpy()
         incomplete = frame[features].isna().any(axis=1)
         if incomplete.any():
