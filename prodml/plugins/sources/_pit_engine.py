@@ -10,7 +10,7 @@ The rule (the same as Feast's DuckDB offline store, made deterministic):
     candidates = rows of the feature table with the entity row's join key values and
                  ts - ttl <= feature_ts <= ts          (both ends inclusive; no ttl: no lower end)
                  and created <= ts                      (only with ``filter_by_created``)
-    value      = the candidate with the greatest (feature_ts, created, file name, row in file);
+    value      = the candidate with the greatest (feature_ts, created, file, row in the file);
                  a null ``created`` loses every tie; no candidate: null.
 
 How it is computed without comparing every entity row with every feature row: a row becomes
@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prodml.core.errors import DataError
 
@@ -67,9 +67,9 @@ _UNITS = {
 }
 _ROW = "__prodml_row"
 _TS = "__prodml_ts"
-_FILE = "__prodml_file"
-_FILE_ROW = "__prodml_file_row"
 _MIN_NS = -(2**63)
+#: rows per Arrow batch streamed out of DuckDB: large enough to amortize, small next to memory
+_BATCH_ROWS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,54 @@ def _epoch_ns(column: str, column_type: str) -> str:
         return f"epoch_ns({quoted})"  # exact: no cast through microseconds
     # other timestamp widths, dates and ISO strings; the session's time zone is UTC
     return f"epoch_ns(CAST({quoted} AS TIMESTAMPTZ))"
+
+
+class _Column:
+    """One output column filled batch by batch at given row numbers (nulls tracked apart)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.values: Any = None
+        self.nulls: Any = None
+
+    def put(self, rows: Any, chunk: Any) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        if self.values is None:
+            kind = chunk.type
+            numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+            dtype = kind.to_pandas_dtype() if numeric else object
+            self.values = (
+                np.zeros(self.length, dtype=dtype) if numeric else np.full(self.length, None, object)
+            )
+            self.nulls = np.zeros(self.length, dtype=bool)
+        if chunk.null_count:
+            self.nulls[rows] = chunk.is_null().to_numpy(zero_copy_only=False)
+            chunk = (
+                chunk.fill_null(False if self.values.dtype == bool else 0)
+                if self.values.dtype != object
+                else chunk
+            )
+        self.values[rows] = chunk.to_numpy(zero_copy_only=False)
+
+    def finish(self) -> Any:
+        """The column as pandas would hold it: ints and bools with nulls become float64 / object."""
+        import numpy as np
+
+        if self.values is None:  # no rows at all
+            return np.zeros(0)
+        if not self.nulls.any():
+            return self.values
+        if self.values.dtype == object:
+            return self.values
+        if self.values.dtype == bool:
+            out = self.values.astype(object)
+            out[self.nulls] = None
+            return out
+        out = self.values.astype("float64") if self.values.dtype.kind in "iu" else self.values
+        out[self.nulls] = np.nan
+        return out
 
 
 class PointInTimeJoin:
@@ -275,41 +323,45 @@ class PointInTimeJoin:
         request[_ROW] = np.arange(len(request), dtype="int64")
         con.register("__prodml_entities", request)
 
-        selects, joins = [f"e.{_ROW}"], []
+        columns: dict[str, _Column] = {}
         for index, view in enumerate(views):
             table = f"__prodml_best_{index}"
             self._best_table(con, table, view, filter_by_created)
-            alias = f"b{index}"
-            on = [f"e.{_quote(entity)} = {alias}.k{n}" for n, (_, entity) in enumerate(view.join_keys)]
-            joins.append(f"ASOF LEFT JOIN {table} {alias} ON {' AND '.join(on)} AND e.{_TS} >= {alias}.avail")
+            on = [f"e.{_quote(entity)} = b.k{n}" for n, (_, entity) in enumerate(view.join_keys)]
             fresh = "TRUE"
             if view.ttl:
                 ttl_ns = int(view.ttl / timedelta(microseconds=1)) * 1000
                 # Feast's DuckDB store keeps a row while feature_ts + ttl >= ts: inclusive
-                fresh = f"{alias}.best.ts >= e.{_TS} - {ttl_ns}"
-            for n, (_, output) in enumerate(view.features):
-                selects.append(f"CASE WHEN {fresh} THEN {alias}.best.f{n} END AS {_quote(output)}")
-        query = f"SELECT {', '.join(selects)} FROM __prodml_entities e {' '.join(joins)} ORDER BY e.{_ROW}"
-        table = con.sql(query).fetch_arrow_table()
-        con.unregister("__prodml_entities")
-        # self_destruct frees each Arrow column once converted: one copy of the result at a time
-        frame = table.drop_columns([_ROW]).to_pandas(self_destruct=True, split_blocks=True)
-        del table
-        if len(frame) != len(entities):  # the ASOF LEFT JOIN keeps every row; a bug if not
-            raise DataError(
-                f"the point-in-time join returned {len(frame)} rows for {len(entities)} entity rows"
+                fresh = f"b.best.ts >= e.{_TS} - {ttl_ns}"
+            values = [f"CASE WHEN {fresh} THEN b.best.f{n} END" for n in range(len(view.features))]
+            # One query per view, streamed: its rows arrive in any order and are scattered into
+            # place by row number, so neither a sort by row nor a join of the views is needed.
+            query = (
+                f"SELECT e.{_ROW}, {', '.join(values)} FROM __prodml_entities e "
+                f"ASOF LEFT JOIN {table} b ON {' AND '.join(on)} AND e.{_TS} >= b.avail"
             )
-        return frame
+            seen = 0
+            for batch in con.sql(query).to_arrow_reader(_BATCH_ROWS):
+                rows = batch.column(0).to_numpy()
+                seen += len(rows)
+                for n, (_, output) in enumerate(view.features):
+                    columns.setdefault(output, _Column(len(request))).put(rows, batch.column(n + 1))
+            if seen != len(request):  # the ASOF LEFT JOIN keeps every row; a bug if not
+                raise DataError(
+                    f"the point-in-time join returned {seen} rows for {len(request)} entity rows "
+                    f"({view.name})"
+                )
+            con.execute(f"DROP TABLE {table}")
+        con.unregister("__prodml_entities")
+        outputs = [output for view in views for _, output in view.features]
+        return pd.DataFrame({name: columns[name].finish() for name in outputs}, copy=False)
 
     def _best_table(
         self, con: duckdb.DuckDBPyConnection, table: str, view: ViewQuery, filter_by_created: bool
     ) -> None:
         """Create ``table``: per join key and availability time, the best row available by then."""
         files = _parquet_files(view)
-        source = (
-            f"read_parquet([{', '.join(map(_literal, files))}], filename={_literal(_FILE)}, "
-            f"file_row_number = true)"
-        )
+        source = f"read_parquet([{', '.join(map(_literal, files))}])"
         try:
             described = con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()
         except Exception as exc:  # unreadable file: name the view
@@ -323,7 +375,7 @@ class PointInTimeJoin:
         ]
         missing = [name for name in dict.fromkeys(needed) if name not in types]
         if missing:
-            shown = [n for n in types if n not in (_FILE, "file_row_number")]
+            shown = list(types)
             raise DataError(
                 f"feature view {view.name!r}: {', '.join(files)} lack column(s) {', '.join(missing)}; "
                 f"they have: {', '.join(shown)}",
@@ -338,7 +390,8 @@ class PointInTimeJoin:
         values = [f"{_quote(src)} AS f{n}" for n, (src, _) in enumerate(view.features)]
         rows = (
             f"SELECT {', '.join(keys)}, {ts} AS ts, CAST({created} AS BIGINT) AS created, "
-            f"{_quote(_FILE)} AS file, file_row_number AS file_row, {', '.join(values)} FROM {source}"
+            # where the row is stored, one number: DuckDB's virtual columns (files in name order)
+            f"file_index * {1 << 40} + file_row_number AS stored, {', '.join(values)} FROM {source}"
         )
         if filter_by_created and view.created_column:
             # Feast compares created <= ts, so a row without a created time is never joined
@@ -347,12 +400,12 @@ class PointInTimeJoin:
             avail = "ts"
         key_cols = ", ".join(f"k{n}" for n in range(len(view.join_keys)))
         not_null = " AND ".join(f"k{n} IS NOT NULL" for n in range(len(view.join_keys)))
-        # the struct compares field by field: ts, then created (null loses), then file order;
-        # the feature values ride along and never decide (file, file_row) is unique
+        # the struct compares field by field: ts, then created (null loses), then where the row
+        # is stored (later file, later row); the feature values ride along, never deciding
         best = (
             "{'ts': ts, 'created': coalesce(created, "
             + str(_MIN_NS)
-            + "), 'file': file, 'file_row': file_row, "
+            + "), 'stored': stored, "
             + ", ".join(f"'f{n}': f{n}" for n in range(len(view.features)))
             + "}"
         )
