@@ -69,6 +69,13 @@ def build_parser(plugin_commands: Sequence[Any] = ()) -> argparse.ArgumentParser
     )
     p = add("compile", "write the Kubeflow pipeline YAML for a config")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="pipeline YAML to write")
+    p.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="skip validating the pipeline and the serve step's manifests against the pinned "
+        "KFP backend and KServe schemas",
+    )
     add("models", "list the model versions in the configured store, and which is latest")
     p = add("ui", "a local dashboard of runs, model versions and live endpoints (web browser)")
     _ui_arguments(p)

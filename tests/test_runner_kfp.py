@@ -60,7 +60,7 @@ def write_config(tmp_path: Path, **changes) -> Path:
             "access_key_id": ACCESS_KEY,
             "secret_access_key": SECRET_KEY,
         },
-        "server": {"type": "kserve", "mode": "cluster"},
+        "server": {"type": "kserve", "mode": "cluster", "image": "registry.example/prodml:test"},
         "runner": {
             "type": "kfp",
             "host": "http://127.0.0.1:9",
@@ -131,9 +131,10 @@ def test_compile_writes_a_pipeline_kfp_parses_with_one_task_per_stage(tmp_path: 
     assert carried["trainer"]["model"] == "/app/model.py:build_model"
     assert "secret_access_key" not in carried["store"] and "access_key_id" not in carried["store"]
 
-    # credentials reach every step from the Kubernetes Secret named in the config
+    # credentials reach the steps that use the store from the Kubernetes Secret named in the
+    # config: the variables the store asks for (pod_environment), never values
     kube = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(kube) == {f"exec-{s}" for s in ("fetch", "train", "export", "serve")}
+    assert set(kube) == {"exec-export", "exec-serve"}
     for executor in kube.values():
         (secret,) = executor["secretAsEnv"]
         assert secret["secretName"] == "prodml-s3"
@@ -326,7 +327,9 @@ def test_the_kind_config_compiles_for_the_cluster(tmp_path: Path, monkeypatch, c
     assert carried["source"]["path"] == "/app/examples/quickstart/data/train.csv"
     assert carried["trainer"]["model"] == "/app/examples/quickstart/model.py:build_model"
     assert carried["server"]["mode"] == "cluster" and carried["store"]["type"] == "s3"
-    for executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+    kube = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(kube) == {"exec-export", "exec-serve"}
+    for executor in kube.values():
         assert executor["secretAsEnv"][0]["secretName"] == "prodml-s3"
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "COPY examples ./examples" in dockerfile and "WORKDIR /app" in dockerfile
@@ -351,3 +354,145 @@ def test_a_failing_kfp_local_step_is_named(tmp_path: Path, capsys) -> None:
     runs = tmp_path / ".prodml" / "runs"
     record = json.loads((runs / (runs / "latest").read_text().strip() / "run.json").read_text())
     assert record["status"] == "failed"
+
+
+# -- the compiled pipeline against the pinned KFP backend (issue 11, break 2) -------------------
+
+
+def test_the_platform_spec_is_accepted_by_the_pinned_kfp_backend(tmp_path: Path, monkeypatch) -> None:
+    """kfp-kubernetes 2.17 emits SecretAsEnv.optional and secretNameParameter; the documented
+    backend must know them (2.4.0's driver rejected `optional`: kubeflow/pipelines#12495)."""
+    from prodml.core import cluster_check, versions
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    out = tmp_path / "kind-pipeline.yaml"
+    assert main(["compile", "-c", "config/kind.yaml", "-o", str(out)]) == 0
+    docs = list(yaml.safe_load_all(out.read_text(encoding="utf-8")))
+    assert cluster_check.check_pipeline(docs) == []
+    emitted = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-serve"]["secretAsEnv"][
+        0
+    ]
+    known = {spec[0] for spec in cluster_check.kfp_messages()["kfp_kubernetes.SecretAsEnv"].values()}
+    assert set(emitted) <= known and {"optional", "secretNameParameter"} <= set(emitted)
+    assert versions.KFP_BACKEND_VERSION == "2.17.0"  # retryPolicy is honoured from 2.17 on
+    assert "retryPolicy" in docs[0]["root"]["dag"]["tasks"]["train"]
+
+
+def test_the_kfp_validator_rejects_unknown_fields_and_wrong_types(tmp_path: Path, monkeypatch) -> None:
+    from prodml.core import cluster_check
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "-c", str(write_config(tmp_path)), "-o", str(out)]) == 0
+    docs = list(yaml.safe_load_all(out.read_text(encoding="utf-8")))
+    docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-serve"]["secretAsEnv"][0][
+        "mountPath"
+    ] = "/x"
+    docs[0]["root"]["dag"]["tasks"]["train"]["retryPolicy"]["maxRetryCount"] = "twice"
+    problems = [str(p) for p in cluster_check.check_pipeline(docs)]
+    assert any(
+        "exec-serve.secretAsEnv[0].mountPath" in p and "unknown field 'mountPath'" in p for p in problems
+    )
+    assert any("retryPolicy.maxRetryCount" in p and "expected int32" in p for p in problems), problems
+
+
+def test_compile_refuses_what_the_backend_would_reject(tmp_path: Path, monkeypatch, capsys) -> None:
+    """With the field set of a backend that lacks SecretAsEnv.optional (as KFP 2.4.0's did),
+    compile fails naming the field, before anything is submitted."""
+    from prodml.core import cluster_check
+
+    monkeypatch.chdir(tmp_path)
+    messages = {k: dict(v) for k, v in cluster_check.kfp_messages().items()}
+    messages["kfp_kubernetes.SecretAsEnv"].pop("optional")
+    monkeypatch.setattr(cluster_check, "kfp_messages", lambda: messages)
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "-c", str(write_config(tmp_path)), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown field 'optional' in kfp_kubernetes.SecretAsEnv" in err
+    assert not out.exists()
+    # and --no-check writes it anyway
+    assert main(["compile", "-c", str(write_config(tmp_path)), "-o", str(out), "--no-check"]) == 0
+
+
+def test_compile_checks_the_serve_steps_manifests(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, server={"type": "kserve", "mode": "cluster"})
+    assert main(["compile", "-c", str(config), "-o", str(tmp_path / "p.yaml")]) == 2
+    assert "server.image: runtime prodml needs the serving image" in capsys.readouterr().err
+
+
+# -- AKS: the serve step's credentials come from the Secret it is given (break 4) -------------
+
+
+def secret_keys_created_in(doc: Path, secret: str) -> set[str]:
+    """The keys `kubectl create secret generic SECRET --from-literal=KEY=...` makes in a doc."""
+    import re
+
+    text = doc.read_text(encoding="utf-8").replace("\\\n", " ")
+    found: set[str] = set()
+    for line in text.splitlines():
+        if f"create secret generic {secret}" in line:
+            found |= set(re.findall(r"--from-literal=([A-Z_]+)=", line))
+    assert found, f"{doc} creates no Secret {secret}"
+    return found
+
+
+def test_aks_serve_step_resolves_storage_credentials_from_its_secret(tmp_path: Path, monkeypatch) -> None:
+    from prodml.core.plugins import default_registry
+    from prodml.plugins.servers import _k8s
+    from prodml.runner._step import step_config
+
+    account_key = "QUtTLWFjY291bnQta2V5LWZvci10ZXN0cw=="
+    connection = (
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey="
+        f"{account_key};EndpointSuffix=core.windows.net"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+    config = write_config(
+        tmp_path,
+        store={
+            "type": "azure_blob",
+            "container": "prodml-models",
+            "connection_string": "${env:AZURE_STORAGE_CONNECTION_STRING}",
+        },
+        runner={
+            "type": "kfp",
+            "host": "http://127.0.0.1:9",
+            "image": "registry.example/prodml:test",
+            "project_dir": ".",
+            "credentials_secret": "prodml-azure",
+        },
+    )
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "-c", str(config), "-o", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert account_key not in text
+    spec, platform = parse_pipeline(out)
+    serve_env = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-serve"][
+        "secretAsEnv"
+    ]
+    (secret,) = serve_env
+    assert secret["secretName"] == "prodml-azure"
+    # the keys the step reads are the keys docs/aks.md puts into the Secret
+    wanted = {k["secretKey"] for k in secret["keyToEnv"]}
+    assert wanted <= secret_keys_created_in(ROOT / "docs" / "aks.md", "prodml-azure")
+
+    # inside the serve step's pod: the config parameter, and only the Secret's variables
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    for item in secret["keyToEnv"]:
+        monkeypatch.setenv(item["envVar"], {"AZURE_STORAGE_CONNECTION_STRING": connection}[item["secretKey"]])
+    config_json = spec.root.input_definitions.parameters["config_json"].default_value.string_value
+    step = step_config(config_json)
+    store = default_registry().create("store", step.store)
+    from prodml.core.interfaces import ModelRef
+
+    ref = ModelRef(
+        model_name="quickstart", version="20261129T173000Z-0123abcd", store_type="azure_blob", uri=""
+    )
+    storage = store.kserve_storage(ref, with_values=True)
+    server = default_registry().create("server", step.server)
+    access = _k8s.storage_access(server.config, storage, "quickstart")
+    assert access is not None
+    assert _k8s.secret_values(access, storage) == {"AZURE_STORAGE_ACCESS_KEY": account_key}

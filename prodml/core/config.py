@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -53,6 +53,67 @@ class PluginConfig(BaseModel):
     """Base for plugin config classes: frozen, unknown keys forbidden."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VariantConfig(PluginConfig):
+    """A plugin config split into one class per value of a key (e.g. the kserve server's ``mode``).
+
+    The registered class (the base) holds the fields every variant shares and names its
+    variants in ``variants``; validating or constructing the base gives an instance of the
+    variant that ``variant_key`` selects (``default_variant`` when the key is absent), so each
+    variant forbids the others' keys while code keeps using the base's name. A key that
+    belongs to another variant is reported as such (:meth:`key_hint`).
+    """
+
+    #: the key whose value picks the variant
+    variant_key: ClassVar[str] = "mode"
+    #: the variant used when the key is absent
+    default_variant: ClassVar[str | None] = None
+    #: {key value: variant class}; set on the base after its variants are defined
+    variants: ClassVar[dict[str, type[VariantConfig]]] = {}
+
+    @classmethod
+    def variant_for(cls, data: Any) -> type[VariantConfig] | None:
+        """The variant class ``data`` selects when ``cls`` is a base (None: not a base, or no match)."""
+        if not cls.variants or cls in cls.variants.values() or not isinstance(data, Mapping):
+            return None
+        return cls.variants.get(str(data.get(cls.variant_key, cls.default_variant)))
+
+    def __new__(cls, *args: Any, **data: Any) -> Any:
+        # `Base(type=..., port=0)` builds the variant (pydantic then runs __init__ on it once
+        # more, which re-validates the same data into the same object)
+        target = cls.variant_for(data)
+        if target is not None:
+            return target(**data)
+        return super().__new__(cls)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _to_variant(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
+        if not cls.variants or cls in cls.variants.values():
+            return handler(data)
+        target = cls.variant_for(data)
+        if target is not None:
+            return target.model_validate(data, context=info.context)
+        if isinstance(data, Mapping):
+            # an unknown variant: report the key's valid values, not every other key as unknown
+            data = {k: v for k, v in data.items() if k in cls.model_fields}
+        return handler(data)
+
+    @classmethod
+    def key_hint(cls, key: str) -> str | None:
+        """Which other variant ``key`` belongs to, e.g. ``'port' is a mode: local setting``."""
+        owners = [
+            value
+            for value, variant in (cls.variants or {}).items()
+            if variant is not cls and key in variant.model_fields
+        ]
+        if not owners or key in cls.model_fields:
+            return None
+        mine = next((v for v, c in cls.variants.items() if c is cls), None)
+        here = f" (this section has {cls.variant_key}: {mine})" if mine else ""
+        which = " or ".join(f"`{cls.variant_key}: {o}`" for o in owners)
+        return f"{key!r} is a {which} setting{here}"
 
 
 def _base_dir(info: ValidationInfo) -> Path:
@@ -405,7 +466,10 @@ def _config_error(
             allowed = _allowed_keys(loc[:-1], data, registry)
             msg = f"unknown key {key!r}"
             guess = closest(key, allowed) if allowed else None
-            if guess:
+            variant_hint = _variant_hint(loc[:-1], key, data, registry)
+            if variant_hint:
+                msg = variant_hint
+            elif guess:
                 msg += f" — did you mean {guess!r}?"
             elif allowed:
                 msg += f"; allowed keys: {', '.join(sorted(allowed))}"
@@ -429,6 +493,22 @@ def _config_error(
     return ConfigError(f"{len(messages)} problems{where}:\n{shown}{more}")
 
 
+def _variant_hint(loc: tuple[Any, ...], key: str, data: Mapping[str, Any], registry: Registry) -> str | None:
+    """For a role section split into variants: which variant ``key`` belongs to."""
+    if not loc or loc[0] not in ROLES or len(loc) not in (1, 2):
+        return None
+    section = data.get(loc[0])
+    if not isinstance(section, Mapping):
+        return None
+    try:
+        cls = registry.get(loc[0], str(section.get("type"))).backend.config
+    except ConfigError:
+        return None
+    if not issubclass(cls, VariantConfig):
+        return None
+    return (cls.variant_for(section) or cls).key_hint(key)
+
+
 def _allowed_keys(loc: tuple[Any, ...], data: Mapping[str, Any], registry: Registry) -> list[str]:
     """Keys allowed at ``loc`` (top level or a role section), for suggestions."""
     if not loc:
@@ -440,6 +520,8 @@ def _allowed_keys(loc: tuple[Any, ...], data: Mapping[str, Any], registry: Regis
                 cls = registry.get(loc[0], str(section.get("type"))).backend.config
             except ConfigError:
                 return []
+            if issubclass(cls, VariantConfig):
+                cls = cls.variant_for(section) or cls
             return list(cls.model_fields)
     return []
 

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,6 +150,38 @@ class RunSummary(Value):
     endpoint: Endpoint | None = None
 
 
+class SecretEnv(Value):
+    """An environment variable of a pipeline pod, set from one key of a Kubernetes Secret."""
+
+    env: str = Field(description="the variable's name inside the pod")
+    secret_name: str = Field(description="the Kubernetes Secret holding the value")
+    secret_key: str = Field(description="the Secret's key whose value the variable gets")
+
+
+class KServeStorage(Value):
+    """How KServe's storage initializer reads one model version from a store.
+
+    The values of ``secret_keys`` are never part of what is rendered: ``secret_values`` is
+    filled only when asked for (to create the Secret on a cluster), as SecretStr.
+    """
+
+    storage_uri: str = Field(description="the predictor's storageUri (s3://, https://...blob...)")
+    secret_annotations: Mapping[str, str] = Field(
+        default_factory=dict,
+        description="annotations on the storage Secret that KServe reads (S3 endpoint, region, ...)",
+    )
+    secret_keys: Mapping[str, str] = Field(
+        default_factory=dict,
+        description="{key of the storage Secret: environment variable its value is read from}",
+    )
+    service_account_annotations: Mapping[str, str] = Field(
+        default_factory=dict, description="annotations on the predictor's ServiceAccount (workload identity)"
+    )
+    secret_values: Mapping[str, SecretStr] | None = Field(
+        None, description="the Secret's values, only when requested with ``with_values=True``"
+    )
+
+
 class DataSource(abc.ABC):
     """Where training features and labels come from (fetch stage).
 
@@ -248,6 +280,39 @@ class ModelStore(abc.ABC):
     def uri(self, ref: ModelRef) -> str:
         """The storage URI of the version that a KServe predictor can read."""
 
+    # -- capabilities generic code asks for (cluster runners and servers) -----------------
+
+    def pod_environment(self, secret_name: str) -> list[SecretEnv]:
+        """Environment variables a pipeline pod needs to use this store, each from ``secret_name``.
+
+        The variables are what this store's client reads when the config carries no
+        credential (the pipeline's config never does); the Secret must hold these keys.
+        Return ``[]`` when the store needs no credential in a pod.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support pod_environment")
+
+    def reachable_from_cluster(self) -> bool:
+        """Whether pods on a Kubernetes cluster can reach this store as configured.
+
+        False for a folder on this machine or a loopback endpoint; generic code warns or
+        refuses (``server.storage_endpoint`` may name the address pods use instead).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support reachable_from_cluster")
+
+    def kserve_storage(
+        self, ref: ModelRef, *, endpoint: str | None = None, with_values: bool = False
+    ) -> KServeStorage:
+        """How a KServe predictor reads ``ref``: storageUri, Secret keys and annotations.
+
+        Args:
+            ref: the version to serve.
+            endpoint: the store's endpoint as pods reach it, when it differs from the
+                config's (``server.storage_endpoint``); stores without one ignore it.
+            with_values: also resolve the Secret's values (from the config, else the
+                environment), to create the Secret; never rendered.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support kserve_storage")
+
 
 class ModelServer(abc.ABC):
     """Puts a stored model version behind an HTTP endpoint."""
@@ -285,6 +350,17 @@ class ModelServer(abc.ABC):
         Optional: without it, ``prodml serve`` deploys and prints the endpoint.
         """
         raise NotImplementedError(f"{type(self).__name__} does not support serve_foreground")
+
+    def manifests(
+        self, store: ModelStore, model_name: str, *, version: str | None = None, offline: bool = False
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The Kubernetes objects a deploy of ``model_name`` would apply, and notes on them.
+
+        For servers that deploy to a cluster (``prodml k8s manifests``, and the checks of
+        ``prodml compile``). ``version``: render for that id without asking the store;
+        ``offline``: do not ask the store at all (a placeholder stands for the version).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support manifests")
 
 
 class Runner(abc.ABC):

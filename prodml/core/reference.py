@@ -107,6 +107,13 @@ def generate(registry: Registry | None = None) -> str:
             out += [f"### `{role}: {{type: {name}}}`", "", f"{doc}{extra}".strip(), ""]
             out += field_rows(backend.config, skip=frozenset({"type"}))
             out.append("")
+            for value, variant in getattr(backend.config, "variants", {}).items():
+                # a config split by `mode` (or another key): each variant's own keys
+                key = backend.config.variant_key
+                shared = frozenset(backend.config.model_fields)
+                out += [f"#### `{key}: {value}`", "", inspect.getdoc(variant) or "", ""]
+                out += field_rows(variant, skip=shared)
+                out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -10,6 +10,7 @@ annotations here: KFP reads the pipeline function's parameter annotations as obj
 """
 
 import json
+import logging
 import os
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -17,15 +18,11 @@ from typing import TYPE_CHECKING, Any
 from prodml.core.errors import RunnerError
 from prodml.runner._config import RunnerSettings
 
+log = logging.getLogger("prodml.runner")
+
 if TYPE_CHECKING:
     from prodml.core.config import ProdmlConfig
-
-#: Environment variables a step needs from the Kubernetes Secret, by store type, as
-#: {secret key: variable}; the store SDKs read these when the config carries no credential.
-DEFAULT_SECRET_ENV: dict[str, dict[str, str]] = {
-    "s3": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
-    "azure_blob": {"AZURE_STORAGE_CONNECTION_STRING": "AZURE_STORAGE_CONNECTION_STRING"},
-}
+    from prodml.core.interfaces import SecretEnv
 
 
 def settings_of(config: "ProdmlConfig") -> RunnerSettings:
@@ -71,13 +68,45 @@ def pipeline_config(config: "ProdmlConfig", *, for_cluster: bool) -> dict[str, A
     return data
 
 
-def secret_env(config: "ProdmlConfig") -> dict[str, str]:
-    """{secret key: environment variable} taken from ``runner.credentials_secret``."""
+def step_environment(config: "ProdmlConfig", stage: str) -> "list[SecretEnv]":
+    """The Secret-backed environment of one step: ``runner.credentials_secret``'s keys.
+
+    ``runner.secret_env`` (explicit {secret key: variable}) goes to every step; otherwise
+    the steps that use the store (export, serve) get what the store asks for
+    (:meth:`~prodml.core.interfaces.ModelStore.pod_environment`): its type is never looked at.
+
+    Raises:
+        RunnerError: the Secret is set but the store cannot say what a pod needs.
+    """
+    from prodml.core.config import STAGE_ROLES
+    from prodml.core.interfaces import SecretEnv
+
     settings = settings_of(config)
+    secret_name = settings.credentials_secret
+    if not secret_name:
+        return []
     if settings.secret_env is not None:
-        return dict(settings.secret_env)
-    store = config.section("store")
-    return dict(DEFAULT_SECRET_ENV.get(getattr(store, "type", ""), {}))
+        return [
+            SecretEnv(env=env, secret_name=secret_name, secret_key=key)
+            for key, env in settings.secret_env.items()
+        ]
+    if "store" not in STAGE_ROLES.get(stage, ()) or config.section("store") is None:
+        return []
+    store = _store(config)
+    try:
+        return list(store.pod_environment(secret_name))
+    except NotImplementedError:
+        raise RunnerError(
+            f"runner.credentials_secret {secret_name!r} is set, but store {type(store).__name__} "
+            "does not say which of its keys a pipeline pod needs (it has no pod_environment)",
+            hint="set runner.secret_env: {SECRET_KEY: ENV_VAR, ...}",
+        ) from None
+
+
+def _store(config: "ProdmlConfig") -> Any:
+    from prodml.core.plugins import default_registry
+
+    return default_registry().create("store", config.section("store"))
 
 
 def build_pipeline(config: "ProdmlConfig", config_json: str) -> Any:
@@ -101,14 +130,7 @@ def build_pipeline(config: "ProdmlConfig", config_json: str) -> Any:
         )
         for stage in stages
     }
-    secret_name = settings.credentials_secret
-    env = secret_env(config) if secret_name else {}
-    if secret_name and not env:
-        raise RunnerError(
-            f"runner.credentials_secret {secret_name!r} is set but no keys are mapped to environment "
-            "variables for this store type",
-            hint="set runner.secret_env: {SECRET_KEY: ENV_VAR, ...}",
-        )
+    environment = {stage: step_environment(config, stage) for stage in stages}
 
     @dsl.pipeline(
         name=pipeline_name(config),
@@ -131,10 +153,11 @@ def build_pipeline(config: "ProdmlConfig", config_json: str) -> Any:
             retries = settings.retries_of(stage)
             if retries:
                 task.set_retry(num_retries=retries)
-            if secret_name:
+            for secret_name in sorted({e.secret_name for e in environment[stage]}):
                 from kfp import kubernetes
 
-                kubernetes.use_secret_as_env(task, secret_name=secret_name, secret_key_to_env=env)
+                keys = {e.secret_key: e.env for e in environment[stage] if e.secret_name == secret_name}
+                kubernetes.use_secret_as_env(task, secret_name=secret_name, secret_key_to_env=keys)
             previous = task
 
     return pipeline
@@ -154,8 +177,59 @@ def check_no_secrets(text: str, config: "ProdmlConfig") -> None:
             )
 
 
-def compile_pipeline(config: "ProdmlConfig", output: Path, *, for_cluster: bool = True) -> Path:
-    """Write the pipeline YAML of ``config`` to ``output`` (refused if it would carry a secret)."""
+def check_compiled(text: str, config: "ProdmlConfig") -> list[str]:
+    """Validate a compiled pipeline and the serve step's objects against the pinned cluster versions.
+
+    The PipelineSpec and its platform spec against the KFP backend's protos; the objects the
+    serve step would apply (when the server renders any, :meth:`ModelServer.manifests`)
+    against the KServe CRD and Kubernetes schemas, rendered without asking the store.
+
+    Returns:
+        Notes on what could not be checked (e.g. the server's SDK is not installed).
+
+    Raises:
+        ClusterCheckError: an object would be rejected.
+        ConfigError: the serve step's settings cannot work on a cluster.
+    """
+    import yaml
+
+    from prodml.core import cluster_check
+    from prodml.core.errors import MissingDependencyError, StoreError
+    from prodml.core.plugins import default_registry
+
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    cluster_check.raise_for(cluster_check.check_pipeline(docs), "the compiled pipeline", file=_file(config))
+    notes: list[str] = []
+    if "serve" not in config.stages or config.section("server") is None or config.section("store") is None:
+        return notes
+    registry = default_registry()
+    try:
+        server = registry.create("server", config.section("server"))
+        store = registry.create("store", config.section("store"))
+        objects, _ = server.manifests(store, config.model_name, offline=True)
+    except NotImplementedError:
+        return notes  # a server that applies no Kubernetes objects
+    except (MissingDependencyError, StoreError) as exc:
+        notes.append(f"the serve step's Kubernetes objects were not checked: {exc.message}")
+        return notes
+    cluster_check.raise_for(
+        cluster_check.check_objects(objects), "the serve step's manifests", file=_file(config)
+    )
+    return notes
+
+
+def _file(config: "ProdmlConfig") -> "str | None":
+    return str(config.source_file) if config.source_file else None
+
+
+def compile_pipeline(
+    config: "ProdmlConfig", output: Path, *, for_cluster: bool = True, check: bool = True
+) -> Path:
+    """Write the pipeline YAML of ``config`` to ``output`` (refused if it would carry a secret).
+
+    With ``check`` (and ``for_cluster``) the pipeline and the serve step's objects are first
+    validated against the pinned cluster versions (:func:`check_compiled`).
+    """
     from kfp import compiler
 
     output = Path(output)
@@ -167,7 +241,11 @@ def compile_pipeline(config: "ProdmlConfig", output: Path, *, for_cluster: bool 
     tmp = output.with_name(f".{output.stem}.tmp{output.suffix}")  # kfp picks the format by suffix
     try:
         compiler.Compiler().compile(pipeline, str(tmp))
-        check_no_secrets(tmp.read_text(encoding="utf-8"), config)
+        text = tmp.read_text(encoding="utf-8")
+        check_no_secrets(text, config)
+        if check and for_cluster:
+            for note in check_compiled(text, config):
+                log.warning("%s", note)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prodml.core.errors import ConfigError
+from prodml.core.errors import ConfigError, ProdmlError
 
 
 def _options_for(runner: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -42,12 +42,23 @@ def run_command(args: argparse.Namespace) -> int:
 def _cluster_warnings(config: Any) -> list[str]:
     """What in a config will not work inside pods on a cluster (compile still succeeds)."""
     warnings = []
-    store = config.section("store")
-    if getattr(store, "type", None) == "local":
-        warnings.append(
-            "store type 'local' writes into the step's own pod; on a cluster use s3 or azure_blob "
-            "(see config/kind.yaml)"
-        )
+    store_config = config.section("store")
+    if store_config is not None:
+        from prodml.core.plugins import default_registry
+
+        try:
+            store = default_registry().create("store", store_config)
+            reachable = store.reachable_from_cluster()
+        except NotImplementedError:
+            reachable = None  # the store cannot tell: say nothing
+        except ProdmlError:
+            reachable = None
+        if reachable is False:
+            warnings.append(
+                f"store type {store_config.type!r} is not reachable from a cluster's pods as configured "
+                "(a folder on this machine, or a loopback endpoint): the steps would write into "
+                "their own pods; use a store the cluster can reach (see config/kind.yaml)"
+            )
     server = config.section("server")
     if getattr(server, "mode", None) == "local":
         warnings.append(
@@ -69,9 +80,14 @@ def compile_command(args: argparse.Namespace) -> int:
         raise MissingDependencyError("runner", "kfp", "kfp", "kfp") from None
     from prodml.runner.kfp import compile_pipeline
 
-    output = compile_pipeline(config, Path(args.output))
+    output = compile_pipeline(config, Path(args.output), check=getattr(args, "check", True))
     for warning in _cluster_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
     stages = " -> ".join(config.stages)
-    print(f"wrote {output}: pipeline prodml-{config.project} ({stages}), no secrets in it")
+    checked = ""
+    if getattr(args, "check", True):
+        from prodml.core.versions import KFP_BACKEND_VERSION, KSERVE_VERSION
+
+        checked = f", checked against KFP {KFP_BACKEND_VERSION} and KServe {KSERVE_VERSION}"
+    print(f"wrote {output}: pipeline prodml-{config.project} ({stages}), no secrets in it{checked}")
     return 0

@@ -54,11 +54,11 @@ class KfpRunnerConfig(RunnerSettings):
     type: Literal["kfp"]
 
 
-def compile_pipeline(config: ProdmlConfig, output: Path) -> Path:
-    """Write the cluster pipeline YAML of ``config`` (``prodml compile``)."""
+def compile_pipeline(config: ProdmlConfig, output: Path, *, check: bool = True) -> Path:
+    """Write the cluster pipeline YAML of ``config`` (``prodml compile``), checked unless ``check`` is off."""
     from prodml.runner._pipeline import compile_pipeline as _compile
 
-    return _compile(config, output, for_cluster=True)
+    return _compile(config, output, for_cluster=True, check=check)
 
 
 @contextmanager

@@ -3,8 +3,13 @@
 Built with the kserve SDK's model classes (``V1beta1InferenceService`` ...) and the
 kubernetes client's (``V1Secret``, ``V1ServiceAccount``), serialised the way the API server
 expects them (camelCase, no nulls). Secret values are never rendered: the Secret carries
-``${NAME}`` placeholders for ``envsubst``, and :func:`secret_values` reads the real values
-from the environment (or the store config) only when prodml itself applies the manifests.
+``${NAME}`` placeholders for ``envsubst``, and the real values are resolved by the store
+(:meth:`~prodml.core.interfaces.ModelStore.kserve_storage` with ``with_values=True``) only
+when prodml itself applies the manifests.
+
+What the predictor needs from the store (storageUri, Secret keys and annotations, whether
+pods can reach it at all) is asked of the store, never decided by its type, so a
+third-party store gets the same manifests as a built-in one.
 
 Combinations that cannot work are refused here, before any cluster call
 (:func:`check_cluster_plan`).
@@ -12,17 +17,34 @@ Combinations that cannot work are refused here, before any cluster call
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlparse
 
 from prodml.core.errors import ConfigError, ServingError
+from prodml.core.interfaces import KServeStorage
+from prodml.core.versions import KSERVE_DEPLOYMENT_MODE, TF_SERVING_VERSION
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "prodml"}
 SERVING_PORT = 8080
-LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+#: the annotation KServe's webhook reads to allow ``spec.canary`` (Standard mode only)
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+#: shown in place of a version when the store could not be asked for one
+PLACEHOLDER_VERSION = "VERSION"
+#: a well-formed version id no store holds (stores check ids before building a URI),
+#: rendered and then replaced by PLACEHOLDER_VERSION
+PLACEHOLDER_STAND_IN = "00000000T000000Z-00000000"
+
+
+def with_placeholder(value: Any) -> Any:
+    """``value`` (rendered manifests) with the stand-in version id shown as the placeholder."""
+    if isinstance(value, str):
+        return value.replace(PLACEHOLDER_STAND_IN, PLACEHOLDER_VERSION)
+    if isinstance(value, list):
+        return [with_placeholder(v) for v in value]
+    if isinstance(value, dict):
+        return {k: with_placeholder(v) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)
@@ -30,69 +52,83 @@ class StorageAccess:
     """How KServe's storage initializer reads the model: a Secret and a ServiceAccount.
 
     Attributes:
-        secret_name: name of the Secret (and, with ``-sa``, of its ServiceAccount).
+        secret_name: name of the Secret.
+        service_account: name of the ServiceAccount that lists the Secret.
         annotations: KServe's storage annotations on the Secret (S3 endpoint, region, ...).
-        keys: the Secret's keys, each with the environment variable its value comes from.
+        keys: the Secret's keys, each with the environment variable its placeholder names.
+        account_annotations: annotations on the ServiceAccount (workload identity).
     """
 
     secret_name: str
     service_account: str
     annotations: Mapping[str, str] = field(default_factory=dict)
     keys: Mapping[str, str] = field(default_factory=dict)
+    account_annotations: Mapping[str, str] = field(default_factory=dict)
 
 
-def storage_access(server: Any, store: Any, model_name: str) -> StorageAccess | None:
-    """The Secret/ServiceAccount a predictor needs to read ``store`` (None: none needed)."""
-    store_type = getattr(store, "type", None)
-    secret = server.secret_name or f"{model_name}-storage"
-    account = server.service_account or f"{model_name}-storage"
-    if store_type == "s3":
-        endpoint = server.storage_endpoint or getattr(store, "endpoint_url", None)
-        annotations: dict[str, str] = {
-            "serving.kserve.io/s3-region": getattr(store, "region", None) or "us-east-1"
-        }
-        if endpoint:
-            parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-            annotations["serving.kserve.io/s3-endpoint"] = parsed.netloc
-            https = parsed.scheme == "https"
-            annotations["serving.kserve.io/s3-usehttps"] = "1" if https else "0"
-            annotations["serving.kserve.io/s3-verifyssl"] = "1" if https else "0"
-        return StorageAccess(
-            secret_name=secret,
-            service_account=account,
-            annotations=annotations,
-            keys={"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
-        )
-    if store_type == "azure_blob":
-        # KServe's storage initializer authenticates to Blob storage with the account key,
-        # or with a service principal (AZ_CLIENT_ID, ...); prodml renders the key form.
-        return StorageAccess(
-            secret_name=secret,
-            service_account=account,
-            keys={"AZURE_STORAGE_ACCESS_KEY": "AZURE_STORAGE_ACCESS_KEY"},
-        )
-    return None
+def storage_access(server: Any, storage: KServeStorage, model_name: str) -> StorageAccess | None:
+    """The Secret/ServiceAccount a predictor needs to read ``storage`` (None: none needed)."""
+    if not (storage.secret_keys or storage.secret_annotations or storage.service_account_annotations):
+        return None
+    return StorageAccess(
+        secret_name=server.secret_name or f"{model_name}-storage",
+        service_account=server.service_account or f"{model_name}-storage",
+        annotations=dict(storage.secret_annotations),
+        keys=dict(storage.secret_keys),
+        account_annotations=dict(storage.service_account_annotations),
+    )
 
 
 @dataclass(frozen=True)
 class ClusterPlan:
-    """Everything the manifests are rendered from."""
+    """Everything the manifests are rendered from.
+
+    Attributes:
+        storage: what the store says a predictor needs to read the version.
+        store_description: the store, for messages (``s3 bucket 'x' at ...``).
+        reachable: whether pods can reach the store as configured.
+        has_saved_model: the version has ``saved_model/`` (None: not known, e.g. offline).
+        tensorflow_version: the TensorFlow that wrote the bundle (None: not known).
+        placeholder: the version is a placeholder (the store was not asked).
+        canary: the version to route ``canary_percent`` of the traffic to, beside ``version``.
+    """
 
     model_name: str
     version: str
     digest: str
-    storage_uri: str
-    store_type: str
+    storage: KServeStorage
+    store_description: str = ""
+    reachable: bool = True
     has_saved_model: bool | None = None
+    tensorflow_version: str | None = None
     feature_lookup: bool = False
+    placeholder: bool = False
+    canary: ClusterPlan | None = None
+    canary_percent: int | None = None
+
+    @property
+    def storage_uri(self) -> str:
+        return self.storage.storage_uri
+
+    def with_canary(self, new: ClusterPlan, percent: int) -> ClusterPlan:
+        """This (stable) plan with ``new`` receiving ``percent`` % of the traffic."""
+        return replace(self, canary=new, canary_percent=percent)
 
 
-def check_cluster_plan(server: Any, plan: ClusterPlan, store: Any) -> None:
+def _release(version: str) -> tuple[int, int]:
+    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in version.split(".")[:2]]
+    major, minor = [*parts, 0, 0][:2]
+    return major, minor
+
+
+def check_cluster_plan(server: Any, plan: ClusterPlan) -> None:
     """Refuse combinations that cannot work, before touching the cluster.
 
     Raises:
         ConfigError: naming the conflicting settings and the one to change.
     """
+    from prodml.plugins.stores._cluster_access import is_loopback
+
     runtime, protocol = server.runtime, server.protocol
     if runtime == "tensorflow":
         if protocol == "v2":
@@ -114,6 +150,16 @@ def check_cluster_plan(server: Any, plan: ClusterPlan, store: Any) -> None:
                 field="server.runtime",
                 hint="use runtime: prodml (it serves model.keras), or retrain with the keras trainer",
             )
+        trained = plan.tensorflow_version
+        if trained and _release(trained) > _release(TF_SERVING_VERSION):
+            raise ConfigError(
+                f"version {plan.version} of {plan.model_name!r} was written by TensorFlow {trained}; "
+                f"TF-Serving {TF_SERVING_VERSION} (the runtimeVersion prodml pins) may not load a "
+                "SavedModel from a newer TensorFlow",
+                field="server.runtime",
+                hint="use runtime: prodml (serves model.keras with the TensorFlow it was trained with), "
+                f"or train with TensorFlow <= {'.'.join(map(str, _release(TF_SERVING_VERSION)))}",
+            )
     if runtime == "prodml":
         if not server.image:
             raise ConfigError(
@@ -127,24 +173,21 @@ def check_cluster_plan(server: Any, plan: ClusterPlan, store: Any) -> None:
                 field="server.image_config_path",
                 hint="set image_config_path: /app/config/feast.yaml (where the Dockerfile copies it)",
             )
-    scheme = urlparse(plan.storage_uri).scheme
-    if scheme in ("", "file"):
-        raise ConfigError(
-            f"store type {plan.store_type!r} keeps models on this machine ({plan.storage_uri}), "
-            "which a cluster cannot read",
-            field="store.type",
-            hint="use store type s3 (MinIO, AWS) or azure_blob for mode: cluster",
-        )
-    host = urlparse(plan.storage_uri).hostname or ""
-    endpoint = server.storage_endpoint or getattr(store, "endpoint_url", None) or ""
-    endpoint_host = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}").hostname or ""
-    for candidate in (host, endpoint_host):
-        if candidate in LOOPBACK_HOSTS:
+    if server.storage_endpoint:
+        if is_loopback(server.storage_endpoint):
             raise ConfigError(
-                f"the model storage is at {candidate}, a loopback address that pods cannot reach",
+                f"{server.storage_endpoint} is a loopback address, which pods cannot reach",
                 field="server.storage_endpoint",
                 hint="set storage_endpoint to the storage's address as seen from inside the cluster",
             )
+    elif not plan.reachable:
+        raise ConfigError(
+            f"the {plan.store_description or 'store'} cannot be reached from a cluster's pods "
+            "(a folder on this machine, or a loopback address)",
+            field="store",
+            hint="use a store pods can reach (s3 such as MinIO in the cluster, azure_blob), or set "
+            "server.storage_endpoint to the store's address as seen from inside the cluster",
+        )
 
 
 def storage_uri_for(server: Any, version_uri: str) -> str:
@@ -153,13 +196,13 @@ def storage_uri_for(server: Any, version_uri: str) -> str:
     return f"{base}/saved_model" if server.runtime == "tensorflow" else base
 
 
-def render(server: Any, plan: ClusterPlan, store: Any) -> list[dict[str, Any]]:
+def render(server: Any, plan: ClusterPlan) -> list[dict[str, Any]]:
     """The manifests (Secret, ServiceAccount, InferenceService) as plain dicts, in apply order."""
     from kubernetes.client import ApiClient
 
     api = ApiClient()
     docs: list[dict[str, Any]] = []
-    access = storage_access(server, store, plan.model_name)
+    access = storage_access(server, plan.storage, plan.model_name)
     if access is not None:
         docs += [api.sanitize_for_serialization(obj) for obj in storage_objects(server, access)]
     docs.append(api.sanitize_for_serialization(inference_service(server, plan, access)))
@@ -187,39 +230,42 @@ def storage_objects(server: Any, access: StorageAccess, values: Mapping[str, str
         api_version="v1",
         kind="ServiceAccount",
         metadata=V1ObjectMeta(
-            name=access.service_account, namespace=server.namespace, labels=dict(MANAGED_BY)
+            name=access.service_account,
+            namespace=server.namespace,
+            labels=dict(MANAGED_BY),
+            annotations=dict(access.account_annotations) or None,
         ),
         secrets=[V1ObjectReference(name=access.secret_name)],
     )
     return [secret, account]
 
 
-def inference_service(server: Any, plan: ClusterPlan, access: StorageAccess | None) -> Any:
-    """The ``serving.kserve.io/v1beta1`` InferenceService, as a kserve SDK object."""
-    from kserve import (
-        V1beta1InferenceService,
-        V1beta1InferenceServiceSpec,
-        V1beta1ModelFormat,
-        V1beta1ModelSpec,
-        V1beta1PredictorSpec,
-    )
-    from kserve.constants import constants
-    from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1ObjectMeta, V1ResourceRequirements
+def _predictor(server: Any, plan: ClusterPlan, access: StorageAccess | None, *, canary: bool = False) -> Any:
+    """The predictor spec serving ``plan``'s version (a canary has fixed replicas and a name)."""
+    from kserve import V1beta1ModelFormat, V1beta1ModelSpec, V1beta1PredictorSpec
+    from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1ResourceRequirements
 
     resources = V1ResourceRequirements(
         requests=dict(server.resources.get("requests", {})) or None,
         limits=dict(server.resources.get("limits", {})) or None,
     )
     predictor: dict[str, Any] = {
-        "min_replicas": server.min_replicas,
-        "max_replicas": server.max_replicas,
         "service_account_name": access.service_account if access else server.service_account,
     }
+    if canary:
+        # KServe refuses maxReplicas on a canary and minReplicas above the stable one's
+        predictor["name"] = f"{plan.model_name}-canary"
+        predictor["min_replicas"] = min(1, server.min_replicas)
+    else:
+        predictor["min_replicas"] = server.min_replicas
+        predictor["max_replicas"] = server.max_replicas
     if server.runtime == "tensorflow":
         predictor["model"] = V1beta1ModelSpec(
             name="kserve-container",
             model_format=V1beta1ModelFormat(name="tensorflow"),
             protocol_version=server.protocol,
+            # KServe's default TF-Serving (2.6.2) cannot load SavedModels of TF 2.18+
+            runtime_version=TF_SERVING_VERSION,
             storage_uri=plan.storage_uri,
             resources=resources,
         )
@@ -249,9 +295,33 @@ def inference_service(server: Any, plan: ClusterPlan, access: StorageAccess | No
                 resources=resources,
             )
         ]
-    annotations = {"prodml.io/version": plan.version}
+    return V1beta1PredictorSpec(**predictor)
+
+
+def inference_service(server: Any, plan: ClusterPlan, access: StorageAccess | None) -> Any:
+    """The ``serving.kserve.io/v1beta1`` InferenceService, as a kserve SDK object.
+
+    With ``plan.canary``, the stable predictor keeps serving ``plan``'s version and
+    ``spec.canary`` runs the new one with ``canary_percent`` of the traffic: in KServe's
+    Standard mode (the one prodml installs) that list is how a canary is rolled out;
+    ``predictor.canaryTrafficPercent`` is read only in Knative mode.
+    """
+    from kserve import V1beta1CanarySpec, V1beta1InferenceService, V1beta1InferenceServiceSpec
+    from kserve.constants import constants
+    from kubernetes.client import V1ObjectMeta
+
+    annotations = {"prodml.io/version": plan.version, DEPLOYMENT_MODE_ANNOTATION: KSERVE_DEPLOYMENT_MODE}
     if plan.digest:
         annotations["prodml.io/bundle-digest"] = plan.digest
+    spec: dict[str, Any] = {"predictor": _predictor(server, plan, access)}
+    if plan.canary is not None and plan.canary_percent is not None:
+        annotations["prodml.io/canary-version"] = plan.canary.version
+        spec["canary"] = [
+            V1beta1CanarySpec(
+                predictor=_predictor(server, plan.canary, access, canary=True),
+                traffic_percent=plan.canary_percent,
+            )
+        ]
     return V1beta1InferenceService(
         api_version=constants.KSERVE_V1BETA1,
         kind=constants.KSERVE_KIND_INFERENCESERVICE,
@@ -261,7 +331,7 @@ def inference_service(server: Any, plan: ClusterPlan, access: StorageAccess | No
             labels=dict(MANAGED_BY),
             annotations=annotations,
         ),
-        spec=V1beta1InferenceServiceSpec(predictor=V1beta1PredictorSpec(**predictor)),
+        spec=V1beta1InferenceServiceSpec(**spec),
     )
 
 
@@ -272,36 +342,21 @@ def to_yaml(docs: Sequence[Mapping[str, Any]]) -> str:
     return "---\n".join(yaml.safe_dump(dict(d), sort_keys=False) for d in docs)
 
 
-def secret_values(access: StorageAccess, store: Any) -> dict[str, str]:
-    """The Secret's real values: from the environment, else from the store config.
+def secret_values(access: StorageAccess, storage: KServeStorage) -> dict[str, str]:
+    """The Secret's real values, as the store resolved them (``kserve_storage(with_values=True)``).
 
     Raises:
-        ServingError: a value is in neither place (names the variable, never a value).
+        ServingError: a value the Secret needs was found nowhere (names the key, never a value).
     """
-    from_config: dict[str, str] = {}
-    for key, attr in (
-        ("AWS_ACCESS_KEY_ID", "access_key_id"),
-        ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
-        ("AZURE_STORAGE_ACCESS_KEY", "credential"),
-    ):
-        value = getattr(store, attr, None)
-        if value is not None:
-            from_config[key] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-    conn = getattr(store, "connection_string", None)
-    if conn is not None:
-        text = conn.get_secret_value() if hasattr(conn, "get_secret_value") else str(conn)
-        for part in text.split(";"):
-            name, _, value = part.partition("=")
-            if name.strip().lower() == "accountkey" and value:
-                from_config["AZURE_STORAGE_ACCESS_KEY"] = value
+    found = storage.secret_values or {}
     values = {}
     for key, env in access.keys.items():
-        value = os.environ.get(env) or from_config.get(key)
-        if not value:
+        value = found.get(key)
+        if value is None or not value.get_secret_value():
             raise ServingError(
-                f"the storage Secret {access.secret_name!r} needs {key}, which is neither in the "
-                f"environment (${env}) nor in the store config",
-                hint=f"export {env}=... before deploying",
+                f"the storage Secret {access.secret_name!r} needs {key}, which neither the store "
+                f"config nor the environment (${env}) provides",
+                hint=f"export {env}=... before deploying (in a pipeline: a key of runner.credentials_secret)",
             )
-        values[key] = value
+        values[key] = value.get_secret_value()
     return values

@@ -44,6 +44,22 @@ def k8s_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``prodml k8s``."""
     parser.add_argument("what", choices=["manifests"], help="what to render")
     parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    parser.add_argument(
+        "--version",
+        dest="model_version",
+        default=None,
+        help="render for this version id without asking the store (default: resolve server.version)",
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not ask the store: a placeholder stands for the version id",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate every object against the pinned KServe CRD and Kubernetes schemas",
+    )
 
 
 @hookimpl
@@ -179,27 +195,46 @@ def _server_url(config: Any, name: str) -> str:
 
 
 def manifests_command(args: argparse.Namespace) -> int:
-    """``prodml k8s manifests -c FILE``: the InferenceService and storage access, as YAML."""
-    from prodml.plugins.servers import _cluster, _k8s
-    from prodml.plugins.servers.kserve import KServeServer
+    """``prodml k8s manifests -c FILE``: the InferenceService and storage access, as YAML.
 
+    ``--version V`` renders without asking the store; when the store cannot be reached (or
+    with ``--offline``) a placeholder stands for the version and a note says so. ``--check``
+    validates every object against the pinned releases' schemas.
+    """
     config = _load(args)
     server_config, server, store = _server_parts(config, args.config)
-    if not isinstance(server, KServeServer):  # these are the kserve plugin's manifests
+    render = getattr(server, "manifests", None)
+    if getattr(server_config, "mode", None) != "cluster" or not callable(render):
         raise ConfigError(
-            f"server type {server_config.type!r} has no Kubernetes manifests from the kserve plugin",
+            f"server type {server_config.type!r} with this config has no Kubernetes manifests",
             file=args.config,
+            hint="set server.mode: cluster",
         )
-    ref = store.resolve(config.model_name, server_config.version)
-    name = server.model_name(ref)
-    plan = _cluster.plan_for(server_config, ref, store, name)
-    text = _k8s.to_yaml(_k8s.render(server_config, plan, config.store))
+    docs, notes = render(
+        store,
+        config.model_name,
+        version=getattr(args, "model_version", None),
+        offline=bool(getattr(args, "offline", False)),
+    )
+    if getattr(args, "check", False):
+        from prodml.core import cluster_check, versions
+
+        cluster_check.raise_for(cluster_check.check_objects(docs), "the manifests", file=args.config)
+        notes.append(
+            f"checked {len(docs)} objects against KServe {versions.KSERVE_VERSION}'s InferenceService "
+            f"CRD and Kubernetes {versions.KUBERNETES_SCHEMA_VERSION}'s schemas: accepted"
+        )
+    from prodml.plugins.servers import _k8s
+
+    text = _k8s.to_yaml(docs)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    if _k8s.storage_access(server_config, config.store, name) is not None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if any(doc.get("kind") == "Secret" for doc in docs):
         print(
             "note: the storage Secret holds ${NAME} placeholders, never values; apply with\n"
             "  envsubst < manifests.yaml | kubectl apply -f -   (with the credentials exported)",

@@ -16,22 +16,26 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from prodml import hookimpl
-from prodml.core.config import ConfigPath, PluginConfig
+from prodml.core.config import ConfigPath, VariantConfig
 from prodml.core.interfaces import DataSource, Endpoint, ModelRef, ModelServer, ModelStore, ServerStatus
 from prodml.core.plugins import Backend
+from prodml.core.versions import TF_SERVING_VERSION
 
 log = logging.getLogger("prodml.server")
 
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
 
 
-class KServeServerConfig(PluginConfig):
-    """Serve the model with KServe: its Python ModelServer here, or an InferenceService on a cluster."""
+class KServeServerConfig(VariantConfig):
+    """Serve the model with KServe: its Python ModelServer here (`mode: local`), or an
+    InferenceService on a cluster (`mode: cluster`); each mode has its own keys."""
+
+    default_variant: ClassVar[str | None] = "local"
 
     type: Literal["kserve"]
     mode: Literal["local", "cluster"] = Field(
@@ -45,8 +49,6 @@ class KServeServerConfig(PluginConfig):
         description="name the model answers to in URLs (default: the config's `project`)",
     )
     version: str = Field("latest", description="model version to serve: `latest` or a version id")
-    host: str = Field("127.0.0.1", description="local mode: address to listen on (0.0.0.0: every interface)")
-    port: int = Field(8080, ge=0, le=65535, description="local mode: HTTP port (0: any free port)")
     workers: int = Field(
         1, ge=1, le=64, description="server processes sharing the port (each loads the model once)"
     )
@@ -66,49 +68,6 @@ class KServeServerConfig(PluginConfig):
         description="load models that need arbitrary Python code (Lambda/custom layers); "
         "only for code you trust",
     )
-    access_log: bool = Field(False, description="local mode: log one line per request")
-    start_timeout: float = Field(
-        180, gt=0, description="seconds to wait for the model to become ready before giving up"
-    )
-    state_dir: ConfigPath | None = Field(
-        None,
-        description="local mode: folder for model caches, server logs and pid files "
-        "(default: $XDG_CACHE_HOME/prodml/serving or ~/.cache/prodml/serving)",
-    )
-    # -- cluster mode -----------------------------------------------------------------
-    runtime: Literal["tensorflow", "prodml"] = Field(
-        "tensorflow",
-        description="cluster mode: `tensorflow` serves saved_model/ with KServe's TF-Serving runtime "
-        "(V1 only); `prodml` runs this predictor from `image` (V1+V2, validation, feature lookup)",
-    )
-    protocol: Literal["v1", "v2"] = Field("v1", description="cluster mode: the InferenceService's protocol")
-    image: str | None = Field(
-        None, description="cluster mode, runtime prodml: the serving image built from deploy/Dockerfile"
-    )
-    image_config_path: str | None = Field(
-        None, description="cluster mode, feature lookup: path of this config file inside the image"
-    )
-    namespace: str = Field("default", description="cluster mode: Kubernetes namespace")
-    service_account: str | None = Field(
-        None,
-        description="cluster mode: ServiceAccount of the predictor (default: <model>-storage when "
-        "the store needs credentials)",
-    )
-    secret_name: str | None = Field(
-        None, description="cluster mode: name of the storage Secret (default: <model>-storage)"
-    )
-    storage_endpoint: str | None = Field(
-        None,
-        description="cluster mode: the S3 endpoint as pods reach it (default: store.endpoint_url)",
-    )
-    resources: dict[Literal["requests", "limits"], dict[str, str]] = Field(
-        default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
-        description="cluster mode: container resources, e.g. {requests: {cpu: 500m, memory: 1Gi}}",
-    )
-    min_replicas: int = Field(1, ge=0, description="cluster mode: fewest predictor replicas")
-    max_replicas: int = Field(1, ge=1, description="cluster mode: most predictor replicas")
-    kube_context: str | None = Field(None, description="cluster mode: kubeconfig context (default: current)")
-    ready_timeout: float = Field(600, gt=0, description="cluster mode: seconds to wait for Ready")
 
     @field_validator("version")
     @classmethod
@@ -117,11 +76,22 @@ class KServeServerConfig(PluginConfig):
             raise ValueError(f"{value!r} is not a version: use `latest` or an id from `prodml models`")
         return value
 
-    @model_validator(mode="after")
-    def _replicas(self) -> KServeServerConfig:
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
-        return self
+
+class KServeLocalConfig(KServeServerConfig):
+    """`mode: local`: KServe's Python ModelServer in a process on this machine."""
+
+    mode: Literal["local"] = Field("local", description="`local`: a ModelServer process on this machine")
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port (0: any free port)")
+    access_log: bool = Field(False, description="log one line per request")
+    start_timeout: float = Field(
+        180, gt=0, description="seconds to wait for the model to become ready before giving up"
+    )
+    state_dir: ConfigPath | None = Field(
+        None,
+        description="folder for model caches, server logs and pid files "
+        "(default: $XDG_CACHE_HOME/prodml/serving or ~/.cache/prodml/serving)",
+    )
 
     def resolved_state_dir(self) -> Path:
         """Where local-mode state lives (the same for every process using this config)."""
@@ -129,6 +99,59 @@ class KServeServerConfig(PluginConfig):
             return Path(self.state_dir)
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         return Path(base) / "prodml" / "serving"
+
+
+class KServeClusterConfig(KServeServerConfig):
+    """`mode: cluster`: a `serving.kserve.io/v1beta1` InferenceService on a Kubernetes cluster."""
+
+    mode: Literal["cluster"] = Field(description="`cluster`: a KServe InferenceService")
+    runtime: Literal["prodml", "tensorflow"] = Field(
+        "prodml",
+        description="`prodml` (default) runs this predictor from `image`: model.keras with the "
+        "TensorFlow it was trained with, V1+V2, validation, feature lookup; `tensorflow` serves "
+        "saved_model/ with KServe's TF-Serving runtime at runtimeVersion "
+        f"{TF_SERVING_VERSION} (V1 only; bundles from a newer TensorFlow are refused)",
+    )
+    protocol: Literal["v1", "v2"] = Field("v1", description="the InferenceService's protocol")
+    image: str | None = Field(
+        None, description="runtime prodml: the serving image built from deploy/Dockerfile"
+    )
+    image_config_path: str | None = Field(
+        None, description="feature lookup: path of this config file inside the image"
+    )
+    namespace: str = Field("default", description="Kubernetes namespace")
+    service_account: str | None = Field(
+        None,
+        description="ServiceAccount of the predictor (default: <model>-storage when the store "
+        "needs credentials)",
+    )
+    secret_name: str | None = Field(None, description="name of the storage Secret (default: <model>-storage)")
+    storage_endpoint: str | None = Field(
+        None,
+        description="the store's endpoint as pods reach it (default: the store's own, e.g. "
+        "store.endpoint_url)",
+    )
+    resources: dict[Literal["requests", "limits"], dict[str, str]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        description="container resources, e.g. {requests: {cpu: 500m, memory: 1Gi}}",
+    )
+    min_replicas: int = Field(1, ge=0, description="fewest predictor replicas")
+    max_replicas: int = Field(1, ge=1, description="most predictor replicas")
+    kube_context: str | None = Field(
+        None,
+        description="kubeconfig context (default: the current one; inside a pod the in-cluster "
+        "service account is used)",
+    )
+    ready_timeout: float = Field(600, gt=0, description="seconds to wait for Ready")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> KServeClusterConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
+        return self
+
+
+KServeServerConfig.variants = {"local": KServeLocalConfig, "cluster": KServeClusterConfig}
 
 
 class KServeServer(ModelServer):
@@ -188,6 +211,18 @@ class KServeServer(ModelServer):
         from prodml.plugins.servers import _local
 
         _local.serve_foreground(self.config, ref, store, source, self.model_name(ref))
+
+    def manifests(
+        self, store: ModelStore, model_name: str, *, version: str | None = None, offline: bool = False
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The Secret, ServiceAccount and InferenceService a cluster deploy applies (cluster mode)."""
+        if self.config.mode != "cluster":
+            raise NotImplementedError("kserve mode local applies no Kubernetes objects")
+        from prodml.plugins.servers import _cluster
+
+        return _cluster.manifests(
+            self.config, store, model_name, self.model_name(model_name), version=version, offline=offline
+        )
 
 
 @hookimpl

@@ -22,6 +22,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from prodml import hookimpl
 from prodml.core.config import PluginConfig
 from prodml.core.errors import ConfigError, StoreError
+from prodml.core.interfaces import KServeStorage, ModelRef, SecretEnv
 from prodml.core.logs import register_secret
 from prodml.core.plugins import Backend
 from prodml.plugins.stores._base import (
@@ -30,6 +31,7 @@ from prodml.plugins.stores._base import (
     VersionExists,
     store_error,
 )
+from prodml.plugins.stores._cluster_access import is_loopback
 
 log = logging.getLogger("prodml.stores.azure_blob")
 MB = 1 << 20
@@ -37,6 +39,10 @@ MB = 1 << 20
 MAX_BLOCKS = 50_000
 #: read when the config names no credentials (the Azure SDK and CLI convention)
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+#: the Secret key KServe's storage initializer reads the account key from (pkg/credentials/azure)
+ACCESS_KEY_SECRET_KEY = "AZURE_STORAGE_ACCESS_KEY"
+#: azure-identity's EnvironmentCredential (a service principal), for account_url without a key
+SERVICE_PRINCIPAL_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET")
 
 
 class AzureBlobStoreConfig(PluginConfig):
@@ -241,6 +247,50 @@ class AzureBlobStore(ObjectStore):
 
     def _location(self, key: str) -> str:
         return f"{self.account_url()}/{self.config.container}/{urllib.parse.quote(key)}"
+
+    # -- cluster capabilities -------------------------------------------------------------
+
+    def pod_environment(self, secret_name: str) -> list[SecretEnv]:
+        """The connection string (or, with ``account_url``, a service principal) from ``secret_name``."""
+        if self.config.account_url:
+            # the pipeline drops store.credential: DefaultAzureCredential reads these instead
+            keys: tuple[str, ...] = SERVICE_PRINCIPAL_ENV
+        else:
+            keys = (CONNECTION_STRING_ENV,)
+        return [SecretEnv(env=key, secret_name=secret_name, secret_key=key) for key in keys]
+
+    def reachable_from_cluster(self) -> bool:
+        """False for a loopback account endpoint (Azurite on this machine)."""
+        return not is_loopback(self.account_url())
+
+    def kserve_storage(
+        self, ref: ModelRef, *, endpoint: str | None = None, with_values: bool = False
+    ) -> KServeStorage:
+        """KServe's Azure Secret: the account key, taken from the connection string or credential."""
+        values = None
+        if with_values:
+            key = self._account_key()
+            values = {ACCESS_KEY_SECRET_KEY: SecretStr(key)} if key else {}
+        return KServeStorage(
+            storage_uri=self.uri(ref),
+            secret_keys={ACCESS_KEY_SECRET_KEY: ACCESS_KEY_SECRET_KEY},
+            secret_values=values,
+        )
+
+    def _account_key(self) -> str | None:
+        """The account key: $AZURE_STORAGE_ACCESS_KEY, store.credential, or a connection string's."""
+        c = self.config
+        if os.environ.get(ACCESS_KEY_SECRET_KEY):
+            return os.environ[ACCESS_KEY_SECRET_KEY]
+        if c.credential is not None and not _is_sas(c.credential.get_secret_value()):
+            return c.credential.get_secret_value()
+        text = c.connection_string.get_secret_value() if c.connection_string else None
+        text = text or (None if c.account_url else os.environ.get(CONNECTION_STRING_ENV))
+        for part in (text or "").split(";"):
+            name, _, value = part.partition("=")
+            if name.strip().lower() == "accountkey" and value:
+                return value
+        return None
 
     # -- errors -----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from prodml import hookimpl
 from prodml.core.bundle import MANIFEST, verify_bundle
 from prodml.core.config import ConfigPath, PluginConfig
 from prodml.core.errors import BundleError, StoreError
+from prodml.core.interfaces import KServeStorage, ModelRef, SecretEnv
 from prodml.core.plugins import Backend
 from prodml.plugins.stores._base import (
     ObjectInfo,
@@ -71,6 +72,22 @@ class LocalStore(ObjectStore):
 
     def _location(self, key: str) -> str:
         return self._path(key).resolve().as_uri()
+
+    # -- cluster capabilities: a folder on this machine ------------------------------------
+
+    def pod_environment(self, secret_name: str) -> list[SecretEnv]:
+        """None: the folder needs no credential (but a pod writes into its own filesystem)."""
+        return []
+
+    def reachable_from_cluster(self) -> bool:
+        """Never: pods see their own filesystem, not this machine's folder."""
+        return False
+
+    def kserve_storage(
+        self, ref: ModelRef, *, endpoint: str | None = None, with_values: bool = False
+    ) -> KServeStorage:
+        """A ``file://`` URI and no Secret (usable only where the same folder is mounted)."""
+        return KServeStorage(storage_uri=self.uri(ref), secret_values={} if with_values else None)
 
     @contextlib.contextmanager
     def _translate(self, action: str) -> Iterator[None]:

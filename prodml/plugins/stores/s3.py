@@ -13,6 +13,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from prodml import hookimpl
 from prodml.core.config import PluginConfig
 from prodml.core.errors import StoreError
+from prodml.core.interfaces import KServeStorage, ModelRef, SecretEnv
 from prodml.core.logs import register_secret
 from prodml.core.plugins import Backend
 from prodml.plugins.stores._base import (
@@ -30,6 +32,7 @@ from prodml.plugins.stores._base import (
     VersionExists,
     store_error,
 )
+from prodml.plugins.stores._cluster_access import is_loopback, s3_secret_annotations
 
 log = logging.getLogger("prodml.stores.s3")
 MB = 1 << 20
@@ -37,6 +40,8 @@ MB = 1 << 20
 MAX_PARTS = 10_000
 DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden", "InvalidToken"}
 CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
+#: the variables boto3 reads credentials from; also the keys of KServe's S3 Secret
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 class S3StoreConfig(PluginConfig):
@@ -151,6 +156,43 @@ class S3Store(ObjectStore):
 
     def _location(self, key: str) -> str:
         return f"s3://{self.config.bucket}/{key}"
+
+    # -- cluster capabilities -------------------------------------------------------------
+
+    def pod_environment(self, secret_name: str) -> list[SecretEnv]:
+        """boto3's credential variables, from ``secret_name`` (keys named like the variables)."""
+        return [SecretEnv(env=key, secret_name=secret_name, secret_key=key) for key in CREDENTIAL_ENV]
+
+    def reachable_from_cluster(self) -> bool:
+        """False when ``endpoint_url`` is a loopback address (AWS S3 itself is reachable)."""
+        return not (self.config.endpoint_url and is_loopback(self.config.endpoint_url))
+
+    def kserve_storage(
+        self, ref: ModelRef, *, endpoint: str | None = None, with_values: bool = False
+    ) -> KServeStorage:
+        """KServe's S3 Secret: the access key pair, and endpoint/region annotations."""
+        values = None
+        if with_values:
+            c = self.config
+            found = {
+                "AWS_ACCESS_KEY_ID": c.access_key_id.get_secret_value() if c.access_key_id else None,
+                "AWS_SECRET_ACCESS_KEY": c.secret_access_key.get_secret_value()
+                if c.secret_access_key
+                else None,
+            }
+            values = {
+                key: SecretStr(found[key] or os.environ[key])
+                for key in CREDENTIAL_ENV
+                if found[key] or os.environ.get(key)
+            }
+        return KServeStorage(
+            storage_uri=self.uri(ref),
+            secret_annotations=s3_secret_annotations(
+                endpoint or self.config.endpoint_url, self.config.region
+            ),
+            secret_keys={key: key for key in CREDENTIAL_ENV},
+            secret_values=values,
+        )
 
     # -- errors ---------------------------------------------------------------------
 
