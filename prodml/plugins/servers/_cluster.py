@@ -199,7 +199,10 @@ def api_client(config: Any, *, service_account_dir: Path | None = None) -> Any:
     kubeconfig = os.environ.get("KUBECONFIG") or "~/.kube/config"
     context = config.kube_context
     try:
-        load_kube_config(context=context, client_configuration=configuration, persist_config=False)
+        # the client reads $KUBECONFIG once, at import: read it now
+        load_kube_config(
+            config_file=kubeconfig, context=context, client_configuration=configuration, persist_config=False
+        )
         return k8s.ApiClient(configuration)
     except (ConfigException, OSError, ValueError, TypeError) as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
