@@ -77,7 +77,7 @@ def write_config(folder: Path, store: dict, **extra) -> Path:
 
 
 @pytest.fixture
-def runs_project(tmp_path: Path) -> Project:
+def runs_project(tmp_path: Path) -> tuple[Project, tuple[str, str, str]]:
     """Three runs written by the runner's RunFolder: ok, failed (with a hint), running."""
     config = load_config(write_config(tmp_path, {"type": "local", "root": "models"}))
     work = tmp_path / ".prodml"
@@ -101,13 +101,11 @@ def runs_project(tmp_path: Path) -> Project:
     (running.root / "run.log").write_text("[1/2] fetch ...\n")
     # the newest run is `latest`; make the failed one latest again to test --run-id
     (work / "runs" / "latest").write_text(failed.run_id + "\n")
-    project = Project(config)
-    project.ids = (ok.run_id, failed.run_id, running.run_id)  # type: ignore[attr-defined]
-    return project
+    return Project(config), (ok.run_id, failed.run_id, running.run_id)
 
 
-def test_runs_newest_first_with_their_stages(runs_project: Project) -> None:
-    ok_id, failed_id, running_id = runs_project.ids  # type: ignore[attr-defined]
+def test_runs_newest_first_with_their_stages(runs_project) -> None:
+    runs_project, (ok_id, failed_id, running_id) = runs_project
     page = runs_project.runs()
     assert [r.run_id for r in page.items] == sorted([ok_id, failed_id, running_id], reverse=True)
     assert page.total == 3 and page.pages == 1
@@ -126,8 +124,8 @@ def test_runs_newest_first_with_their_stages(runs_project: Project) -> None:
     assert runs_project.run_log(running) == "[1/2] fetch ...\n"
 
 
-def test_a_failed_run_shows_its_error_hint_and_resume_command(runs_project: Project) -> None:
-    ok_id, failed_id, _ = runs_project.ids  # type: ignore[attr-defined]
+def test_a_failed_run_shows_its_error_hint_and_resume_command(runs_project) -> None:
+    runs_project, (ok_id, failed_id, _) = runs_project
     failed = runs_project.run(failed_id)
     train = failed.stages[1]
     assert train.error == "stage 'train' failed: ValueError: bad layer"
@@ -140,8 +138,9 @@ def test_a_failed_run_shows_its_error_hint_and_resume_command(runs_project: Proj
     assert runs_project.resume_command(failed).endswith(f"--from train --run-id {failed_id}")
 
 
-def test_outputs_of_a_run(runs_project: Project) -> None:
-    ok = runs_project.run(runs_project.ids[0])  # type: ignore[attr-defined]
+def test_outputs_of_a_run(runs_project) -> None:
+    runs_project, (ok_id, _, _) = runs_project
+    ok = runs_project.run(ok_id)
     fetch, train = runs_project.outputs(ok)
     assert fetch.exists and fetch.summary == "120 rows × 3 features, label 'target'"
     assert fetch.files == [("schema.json", (Path(fetch.path) / "schema.json").stat().st_size)]
@@ -168,9 +167,9 @@ def test_runs_paginate_and_read_only_their_page(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("run_id", ["nope", "../../etc", "..", ".hidden", "a/b"])
-def test_unknown_run_ids_are_not_found(runs_project: Project, run_id: str) -> None:
+def test_unknown_run_ids_are_not_found(runs_project, run_id: str) -> None:
     with pytest.raises(NotFound):
-        runs_project.run(run_id)
+        runs_project[0].run(run_id)
 
 
 # -- stores -----------------------------------------------------------------------------

@@ -179,6 +179,11 @@ class VersionView:
         """Per-epoch curves (``loss``, ``val_loss``, ...) when the bundle recorded them."""
         return epoch_history(self.metadata) if self.metadata else {}
 
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        """The evaluation block (metrics, rows, fingerprint); empty for older bundles."""
+        return _evaluation(self.metadata) if self.metadata else {}
+
 
 @dataclass(frozen=True)
 class MoveView:
@@ -861,13 +866,12 @@ def _lineage(view: VersionView) -> dict[str, str]:
     if meta is None:
         return {}
     data = meta.training_data or {}
-    evaluation = getattr(meta, "evaluation", None) or meta.extra.get("evaluation") or {}
-    if hasattr(evaluation, "model_dump"):
-        evaluation = evaluation.model_dump()
+    evaluation = _evaluation(meta)
     return {
         "training rows": str(data.get("rows", "")),
         "training data sha256": str(data.get("sha256", "")),
-        "evaluation rows": str(evaluation.get("rows", "")) if isinstance(evaluation, dict) else "",
+        "evaluation rows": str(evaluation.get("rows", "")),
+        "evaluation rows sha256": str(evaluation.get("fingerprint", "")),
         "features": ", ".join(meta.feature_names),
         "feature refs": ", ".join(meta.feature_refs),
         "label": meta.label,
@@ -875,6 +879,13 @@ def _lineage(view: VersionView) -> dict[str, str]:
         "framework": meta.framework,
         **{f"{k} version": v for k, v in sorted(meta.versions.items())},
     }
+
+
+def _evaluation(meta: BundleMetadata) -> dict[str, Any]:
+    evaluation = getattr(meta, "evaluation", None) or meta.extra.get("evaluation") or {}
+    if hasattr(evaluation, "model_dump"):
+        evaluation = evaluation.model_dump(mode="json")
+    return evaluation if isinstance(evaluation, dict) else {}
 
 
 def lineage(view: VersionView) -> dict[str, str]:
