@@ -14,7 +14,8 @@ What is here:
 * the roles, one abstract class each: :class:`DataSource`, :class:`Trainer`,
   :class:`ModelStore`, :class:`ModelServer`, :class:`Runner`, and the values they exchange
   (:class:`DatasetSchema`, :class:`TrainSpec`, :class:`TrainResult`, :class:`ModelRef`,
-  :class:`ModelVersion`, :class:`Endpoint`, :class:`ServerStatus`, :class:`RunSummary`);
+  :class:`ModelVersion`, :class:`Endpoint`, :class:`ServerStatus`, :class:`RunSummary`,
+  and for a store's cluster capabilities :class:`SecretEnv` and :class:`KServeStorage`);
 * the errors a user can cause, all :class:`ProdmlError` (the CLI prints them without a
   traceback);
 * the bundle helpers a store or trainer needs: :func:`verify_bundle`,
@@ -57,6 +58,8 @@ _SOURCES: dict[str, str] = {
     "Endpoint": "prodml.core.interfaces",
     "ServerStatus": "prodml.core.interfaces",
     "RunSummary": "prodml.core.interfaces",
+    "SecretEnv": "prodml.core.interfaces",
+    "KServeStorage": "prodml.core.interfaces",
     # errors
     "ProdmlError": "prodml.core.errors",
     "ConfigError": "prodml.core.errors",
@@ -100,6 +103,7 @@ __all__ = [
     "DatasetSchema",
     "Endpoint",
     "FeatureInfo",
+    "KServeStorage",
     "MissingDependencyError",
     "ModelRef",
     "ModelServer",
@@ -113,6 +117,7 @@ __all__ = [
     "RunSummary",
     "Runner",
     "RunnerError",
+    "SecretEnv",
     "ServerStatus",
     "ServingError",
     "StoreError",
@@ -183,6 +188,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         DatasetSchema,
         DataSource,
         Endpoint,
+        KServeStorage,
         ModelRef,
         ModelServer,
         ModelStore,
@@ -190,6 +196,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         Role,
         Runner,
         RunSummary,
+        SecretEnv,
         ServerStatus,
         Trainer,
         TrainResult,

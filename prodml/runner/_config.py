@@ -65,13 +65,14 @@ class RunnerSettings(PluginConfig):
     image_workdir: str = Field("/app", description="kfp: where the image holds the project folder")
     credentials_secret: str | None = Field(
         None,
-        description="kfp: Kubernetes Secret whose keys are set as environment variables of every step "
-        "(the store's credentials: the config's secrets never enter the pipeline)",
+        description="kfp: Kubernetes Secret holding the store's credentials, set as environment "
+        "variables of the steps that use the store (the config's secrets never enter the pipeline)",
     )
     secret_env: dict[str, str] | None = Field(
         None,
-        description="kfp: {secret key: environment variable}; default: by store type "
-        "(s3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; azure_blob: AZURE_STORAGE_CONNECTION_STRING)",
+        description="kfp: {secret key: environment variable} set in every step from credentials_secret; "
+        "default: the variables the store asks for (its pod_environment, e.g. AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY for S3)",
     )
     host: str | None = Field(
         None, description="kfp: Kubeflow Pipelines API URL (default: $KF_PIPELINES_ENDPOINT)"

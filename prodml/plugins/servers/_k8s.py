@@ -85,7 +85,7 @@ class ClusterPlan:
 
     Attributes:
         storage: what the store says a predictor needs to read the version.
-        store_description: the store, for messages (``s3 bucket 'x' at ...``).
+        store_description: the store, for messages (what its describe() says).
         reachable: whether pods can reach the store as configured.
         has_saved_model: the version has ``saved_model/`` (None: not known, e.g. offline).
         tensorflow_version: the TensorFlow that wrote the bundle (None: not known).
@@ -185,8 +185,8 @@ def check_cluster_plan(server: Any, plan: ClusterPlan) -> None:
             f"the {plan.store_description or 'store'} cannot be reached from a cluster's pods "
             "(a folder on this machine, or a loopback address)",
             field="store",
-            hint="use a store pods can reach (s3 such as MinIO in the cluster, azure_blob), or set "
-            "server.storage_endpoint to the store's address as seen from inside the cluster",
+            hint="use a store the cluster's pods can reach (object storage in or reachable from the "
+            "cluster), or set server.storage_endpoint to the store's address as seen from inside it",
         )
 
 

@@ -1,0 +1,149 @@
+"""A third-party store on a cluster gets what the built-in s3 store gets (issue 15, cluster side).
+
+tests/plugin_pkg's ``hellostore`` (installed for real with pip) says through the store
+capabilities which Secret keys its pods need and how KServe reads it; nothing in prodml
+knows its type. The compiled pipeline and the manifests must have the same shape as the
+built-in s3 store's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from prodml.core.plugins import AUTOLOAD_ENV
+
+HERE = Path(__file__).parent
+QUICKSTART_CSV = HERE.parent / "examples" / "quickstart" / "data" / "train.csv"
+SECRET = "gateway-creds"
+
+pytestmark = pytest.mark.kfp
+
+
+@pytest.fixture(scope="module")
+def hello_site(pip_site) -> Path:
+    return pip_site(HERE / "plugin_pkg")
+
+
+@pytest.fixture
+def prodml(hello_site: Path, monkeypatch: pytest.MonkeyPatch):
+    """``prodml ARGS`` run in this process with prodml-hello installed (its entry points found)."""
+    import contextlib
+    import io
+
+    from prodml.cli import main
+    from prodml.core.plugins import reset_default_registry
+
+    monkeypatch.syspath_prepend(str(hello_site))
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HELLO_ACCESS_KEY", "HELLO_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+        monkeypatch.chdir(cwd)
+        reset_default_registry()
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(args)
+        return subprocess.CompletedProcess(["prodml", *args], code, out.getvalue(), err.getvalue())
+
+    yield run
+    reset_default_registry()
+
+
+def write_config(folder: Path, store: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.csv").write_bytes(QUICKSTART_CSV.read_bytes())
+    (folder / "model.py").write_text("def build_model(spec):\n    raise NotImplementedError\n")
+    config = {
+        "project": "houses",
+        "source": {"type": "csv", "path": "train.csv", "label": "target"},
+        "trainer": {"type": "keras", "model": "model.py:build_model"},
+        "store": store,
+        "server": {"type": "kserve", "mode": "cluster", "image": "registry.example/prodml:1"},
+        "runner": {
+            "type": "kfp",
+            "host": "http://127.0.0.1:9",
+            "image": "registry.example/prodml:1",
+            "project_dir": ".",
+            "credentials_secret": SECRET,
+        },
+    }
+    path = folder / "prodml.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def shape(value: Any) -> Any:
+    """The structure of ``value``: keys and list lengths, every leaf replaced by its type."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("stores")
+    return {
+        "hellostore": write_config(
+            root / "hello",
+            {"type": "hellostore", "root": "gateway", "bucket": "models",
+             "endpoint_url": "http://gateway.storage.svc:8333"},
+        ),
+        "s3": write_config(
+            root / "s3",
+            {"type": "s3", "bucket": "models", "endpoint_url": "http://gateway.storage.svc:8333",
+             "access_key_id": "AKIAEXAMPLE", "secret_access_key": "s3cr3t-never-compiled"},
+        ),
+    }  # fmt: skip
+
+
+def test_compile_puts_the_plugin_stores_environment_in_the_steps_that_use_it(
+    both: dict[str, Path], prodml: Any
+) -> None:
+    platforms = {}
+    for name, config in both.items():
+        out = config.parent / "pipeline.yaml"
+        done = prodml(["compile", "-c", str(config), "-o", str(out)], config.parent)
+        assert done.returncode == 0, done.stderr
+        docs = list(yaml.safe_load_all(out.read_text(encoding="utf-8")))
+        assert "s3cr3t-never-compiled" not in out.read_text(encoding="utf-8")
+        platforms[name] = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    hello = platforms["hellostore"]
+    assert set(hello) == {"exec-export", "exec-serve"}  # fetch and train do not use the store
+    for executor in hello.values():
+        (secret,) = executor["secretAsEnv"]
+        assert secret["secretName"] == SECRET
+        assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == {
+            ("access-key", "HELLO_ACCESS_KEY"),
+            ("secret-key", "HELLO_SECRET_KEY"),
+        }
+    assert shape(hello) == shape(platforms["s3"])
+
+
+def test_manifests_use_the_plugin_stores_kserve_storage(both: dict[str, Path], prodml: Any) -> None:
+    rendered = {}
+    for name, config in both.items():
+        done = prodml(["k8s", "manifests", "-c", str(config), "--offline", "--check"], config.parent)
+        assert done.returncode == 0, done.stderr
+        assert "accepted" in done.stderr
+        rendered[name] = list(yaml.safe_load_all(done.stdout))
+    secret, account, isvc = rendered["hellostore"]
+    assert secret["stringData"] == {
+        "AWS_ACCESS_KEY_ID": "${HELLO_ACCESS_KEY}",
+        "AWS_SECRET_ACCESS_KEY": "${HELLO_SECRET_KEY}",
+    }
+    assert secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == "gateway.storage.svc:8333"
+    assert account["secrets"] == [{"name": "houses-storage"}]
+    env = isvc["spec"]["predictor"]["containers"][0]["env"]
+    assert env == [{"name": "STORAGE_URI", "value": "s3://models/houses/versions/VERSION"}]
+    assert shape(rendered["hellostore"]) == shape(rendered["s3"])
+    # the same objects but for the environment variables the placeholders name
+    s3_secret = rendered["s3"][0]
+    assert secret["metadata"] == s3_secret["metadata"] and rendered["hellostore"][1:] == rendered["s3"][1:]
