@@ -1,4 +1,4 @@
-"""What the dashboard shows, read from what prodml keeps; no web framework here.
+"""The project as the dashboard reads it (:class:`Project`); no web framework here.
 
 Sources, all through the same code the CLI uses:
 
@@ -10,15 +10,16 @@ Sources, all through the same code the CLI uses:
   :mod:`prodml.lifecycle` (the module ``prodml models promote|rollback`` calls);
 - the running local servers (:mod:`prodml.plugins.servers._state`, ``prodml status``).
 
-Stored versions are immutable, so their metadata is read once per process and kept.
-Everything returned is plain data with secrets already left out; :meth:`Project.scrub`
-is a last line of defence the web layer applies to every page it sends.
+:mod:`prodml.ui.runs`, :mod:`prodml.ui.models` and :mod:`prodml.ui.endpoints` hold what
+each page shows; :class:`Project` finds it. Stored versions are immutable, so their metadata
+is read once per process and kept. Everything returned is plain data with secrets already
+left out; :meth:`Project.scrub` is a last line of defence the web layer applies to every
+page it sends.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -27,13 +28,33 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prodml.core.bundle import MANIFEST, METADATA, BundleMetadata, parse_manifest
+from prodml.core.bundle import METADATA, BundleMetadata
 from prodml.core.errors import BundleError, ProdmlError, StoreError
+from prodml.ui.endpoints import ServerView, record_field, server_view
+from prodml.ui.models import (
+    MoveView,
+    VersionView,
+    epoch_history,
+    lineage,
+    lineage_rows,
+    move_view,
+    read_version_file,
+)
+from prodml.ui.runs import (
+    HINT_MARK,
+    OutputView,
+    RunView,
+    StageView,
+    list_files,
+    parse_time,
+    read_json,
+    split_hint,
+)
 
 if TYPE_CHECKING:
     from prodml.core.config import ProdmlConfig
@@ -45,8 +66,9 @@ RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]+$")
 VERSION_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 RUNS_PER_PAGE = 50
 VERSIONS_PER_PAGE = 25
-HINT_MARK = "\n  hint: "
 MASK = "***"
+
+__all__ = ["NotFound", "Page", "Project", "epoch_history", "lineage", "read_version_file"]
 
 
 class NotFound(LookupError):
@@ -73,191 +95,6 @@ class Page:
     @property
     def has_next(self) -> bool:
         return self.page < self.pages
-
-
-# -- runs ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StageView:
-    """One stage of a run, as run.json records it."""
-
-    name: str
-    status: str
-    seconds: float | None = None
-    attempts: int | None = None
-    started_at: str | None = None
-    error: str | None = None
-    hint: str | None = None
-    output: str | None = None
-    result: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def summary(self) -> str:
-        """One line about the stage's result (what the CLI's progress line says)."""
-        r = self.result
-        if not r:
-            return ""
-        if self.name == "fetch":
-            width = len(r.get("feature_names") or [])
-            return f"{r.get('rows')} rows × {width} features, label {r.get('label')!r}"
-        if self.name == "train":
-            metrics = r.get("metrics") or {}
-            shown = ", ".join(
-                f"{k} {v:.4g}" for k, v in list(metrics.items())[:4] if isinstance(v, float | int)
-            )
-            return f"{r.get('epochs')} epochs" + (f", {shown}" if shown else "")
-        if self.name == "export":
-            return f"version {r.get('version')}"
-        if self.name == "serve":
-            return f"{r.get('url')} ({r.get('protocol')})"
-        return ""
-
-
-@dataclass(frozen=True)
-class RunView:
-    """A run folder's record."""
-
-    run_id: str
-    runner: str
-    status: str
-    started_at: datetime | None
-    finished_at: datetime | None
-    stages: list[StageView]
-    failed_stage: str | None = None
-    config_digest: str = ""
-    config_file: str = ""
-    resumed: list[dict[str, Any]] = field(default_factory=list)
-    server_stopped: bool = False
-    root: str = ""
-
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
-
-    @property
-    def seconds(self) -> float | None:
-        """Wall time: start to finish, or to now while the run is running."""
-        if self.started_at is None:
-            return None
-        end = self.finished_at or (datetime.now(UTC) if self.running else None)
-        return None if end is None else max(0.0, (end - self.started_at).total_seconds())
-
-
-@dataclass(frozen=True)
-class OutputView:
-    """What one stage left in the run folder."""
-
-    stage: str
-    path: str
-    exists: bool
-    summary: str = ""
-    files: list[tuple[str, int]] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-# -- models ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VersionView:
-    """A stored version with what its prodml.json says (``metadata`` None if unreadable)."""
-
-    version: str
-    created_at: datetime
-    size_bytes: int
-    latest: bool
-    metadata: BundleMetadata | None = None
-    problem: str = ""
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return dict(self.metadata.metrics) if self.metadata else {}
-
-    @property
-    def history(self) -> dict[str, list[float]]:
-        """Per-epoch curves (``loss``, ``val_loss``, ...) when the bundle recorded them."""
-        return epoch_history(self.metadata) if self.metadata else {}
-
-    @property
-    def evaluation(self) -> dict[str, Any]:
-        """The evaluation block (metrics, rows, fingerprint); empty for older bundles."""
-        return _evaluation(self.metadata) if self.metadata else {}
-
-
-@dataclass(frozen=True)
-class MoveView:
-    """One move of ``latest`` (promote, rollback, export)."""
-
-    at: datetime | None
-    from_version: str | None
-    to_version: str
-    reason: str
-    run_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ServerView:
-    """A running local model server of this project."""
-
-    model_name: str
-    version: str
-    url: str
-    ready: bool | None
-    reason: str = ""
-    pid: int | None = None
-    started_at: datetime | None = None
-    config_file: str = ""
-
-    @property
-    def uptime(self) -> float | None:
-        if self.started_at is None:
-            return None
-        return max(0.0, (datetime.now(UTC) - self.started_at).total_seconds())
-
-
-def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
-    if isinstance(value, str) and value:
-        with contextlib.suppress(ValueError):
-            parsed = datetime.fromisoformat(value)
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return None
-
-
-def split_hint(text: str | None) -> tuple[str | None, str | None]:
-    """A recorded error's message and its hint (ProdmlError writes them on two lines)."""
-    if not text:
-        return text, None
-    message, sep, hint = text.partition(HINT_MARK)
-    return message, (hint.strip() if sep else None)
-
-
-def epoch_history(metadata: BundleMetadata) -> dict[str, list[float]]:
-    """``{metric: [value per epoch]}`` from prodml.json.
-
-    The agreed place is a top-level ``history`` (issue 12); until every bundle has it, the
-    same shape under ``extra.history`` is read too. Bundles without either have no curves.
-    """
-    raw = getattr(metadata, "history", None) or metadata.extra.get("history") or {}
-    if isinstance(raw, list):  # one record per epoch: [{"loss": .., "val_loss": ..}, ...]
-        merged: dict[str, list[float]] = {}
-        for record in raw:
-            if isinstance(record, dict):
-                for key, value in record.items():
-                    if key != "epoch" and isinstance(value, int | float):
-                        merged.setdefault(key, []).append(float(value))
-        raw = merged
-    if not isinstance(raw, dict):
-        return {}
-    curves = {}
-    for key, values in raw.items():
-        if isinstance(values, list) and all(isinstance(v, int | float) for v in values):
-            curves[str(key)] = [float(v) for v in values]
-    return curves
 
 
 def _human_bytes(n: float) -> str:
@@ -378,8 +215,8 @@ class Project:
             run_id=root.name,
             runner=str(record.get("runner", "?")),
             status=str(record.get("status", "?")),
-            started_at=_time(record.get("started_at")),
-            finished_at=_time(record.get("finished_at")),
+            started_at=parse_time(record.get("started_at")),
+            finished_at=parse_time(record.get("finished_at")),
             stages=stages,
             failed_stage=record.get("failed_stage") or record.get("interrupted_stage"),
             config_digest=str(record.get("config_digest", "")),
@@ -426,17 +263,17 @@ class Project:
         if not path.exists():
             return OutputView(stage, str(path), False)
         if stage == "fetch":
-            data = _read_json(path / "schema.json")
+            data = read_json(path / "schema.json")
             rows, features = data.get("rows"), data.get("feature_names") or []
             summary = f"{rows} rows × {len(features)} features, label {data.get('label')!r}"
-            files = _files(path)
+            files = list_files(path)
             return OutputView(stage, str(path), True, summary, files, data)
         if stage == "train":
-            files = _files(path)
+            files = list_files(path)
             total = sum(size for _, size in files)
             summary = f"{len(files)} files, {_human_bytes(total)}"
-            return OutputView(stage, str(path), True, summary, files, _read_json(path / METADATA))
-        data = _read_json(path)
+            return OutputView(stage, str(path), True, summary, files, read_json(path / METADATA))
+        data = read_json(path)
         if stage == "export":
             summary = f"{data.get('model_name')} version {data.get('version')}"
         else:
@@ -577,7 +414,7 @@ class Project:
             moves = self.store.latest_history(self.model_name)
         else:
             return None
-        views = [_move(m) for m in moves]
+        views = [move_view(m) for m in moves]
         return list(reversed(views))
 
     def promote(self, version: str) -> str:
@@ -623,7 +460,7 @@ class Project:
             x, y = left.metrics.get(name), right.metrics.get(name)
             delta = None if x is None or y is None else y - x
             rows.append((name, x, y, delta))
-        return {"a": left, "b": right, "metrics": rows, "lineage": _lineage_rows(left, right)}
+        return {"a": left, "b": right, "metrics": rows, "lineage": lineage_rows(left, right)}
 
     # -- endpoints ----------------------------------------------------------------------
 
@@ -641,18 +478,18 @@ class Project:
         with contextlib.suppress(ImportError):
             from prodml.plugins.servers._state import list_servers  # issue 12's shared registry
 
-            return [_server_view(r) for r in list_servers(prune=True) if self._ours(r, name)]
+            return [server_view(r) for r in list_servers(prune=True) if self._ours(r, name)]
         return self._servers_from_state_file(section, name)
 
     def _ours(self, record: Any, name: str) -> bool:
-        model = _field(record, "model", "model_name")
+        model = record_field(record, "model", "model_name")
         if model != name:
             return False
-        project_dir = _field(record, "project_dir")
+        project_dir = record_field(record, "project_dir")
         if project_dir:  # servers are keyed by project folder: server.project_dir or the config's
             ours = getattr(self.config.section("server"), "project_dir", None) or self.config.base_dir
             return Path(project_dir).resolve() == Path(ours).resolve()
-        config_file = _field(record, "config_file")
+        config_file = record_field(record, "config_file")
         if config_file and self.config.source_file is not None:
             return Path(config_file).resolve() == self.config.source_file.resolve()
         return True
@@ -677,7 +514,7 @@ class Project:
                 ready=ready,
                 reason=reason,
                 pid=pid,
-                started_at=_time(state.get("started_at")),
+                started_at=parse_time(state.get("started_at")),
                 config_file=str(self.config.source_file or ""),
             )
         ]
@@ -771,61 +608,11 @@ class Project:
 # -- helpers ---------------------------------------------------------------------------
 
 
-def read_version_file(store: Any, model_name: str, version: str, name: str) -> bytes:
-    """One file of a stored version, checked against the version's manifest.
-
-    Stores built on prodml's object layout read the two objects directly (the dashboard
-    needs prodml.json of 25 versions per page, not 25 whole bundles); any other store is
-    asked for the whole version through ``pull``, which verifies everything.
-    """
-    reader = getattr(store, "_read", None)
-    keyer = getattr(store, "version_key", None)
-    if reader is None or keyer is None:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="prodml-ui-") as tmp:
-            ref = store.resolve(model_name, version)
-            folder = store.pull(ref, Path(tmp) / "bundle")  # pull verifies every file
-            return (Path(folder) / name).read_bytes()
-    from prodml.plugins.stores._base import join_key
-
-    vkey = keyer(model_name, version)
-    manifest = reader(join_key(vkey, MANIFEST))
-    if manifest is None:
-        raise StoreError(f"version {version} of {model_name!r} is missing or incomplete")
-    entries = parse_manifest(manifest.decode("utf-8"), source=f"{model_name} {version}/{MANIFEST}")
-    data = reader(join_key(vkey, name))
-    if data is None or name not in entries or hashlib.sha256(data).hexdigest() != entries[name]:
-        raise BundleError(
-            f"{name} of {model_name} {version} does not match the version's {MANIFEST}; refusing it",
-            hint="the stored version was modified; push the model again",
-        )
-    return data
-
-
 def _suppress(call: Callable[[], Any]) -> Any:
     try:
         return call()
     except ProdmlError:
         return None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _files(folder: Path, limit: int = 200) -> list[tuple[str, int]]:
-    out = []
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_file():
-            out.append((path.relative_to(folder).as_posix(), path.stat().st_size))
-            if len(out) >= limit:
-                break
-    return out
 
 
 def _field(record: Any, *names: str) -> Any:
@@ -835,65 +622,3 @@ def _field(record: Any, *names: str) -> Any:
         if hasattr(record, name):
             return getattr(record, name)
     return None
-
-
-def _move(move: Any) -> MoveView:
-    return MoveView(
-        at=_time(_field(move, "at")),
-        from_version=_field(move, "from_version"),
-        to_version=str(_field(move, "to_version") or ""),
-        reason=str(_field(move, "reason") or ""),
-        run_id=_field(move, "run_id"),
-    )
-
-
-def _server_view(record: Any) -> ServerView:
-    ready = _field(record, "ready")
-    return ServerView(
-        model_name=str(_field(record, "model", "model_name") or ""),
-        version=str(_field(record, "version") or ""),
-        url=str(_field(record, "url") or ""),
-        ready=ready if isinstance(ready, bool) else None,
-        reason=str(_field(record, "reason") or ""),
-        pid=_field(record, "pid"),
-        started_at=_time(_field(record, "started_at")),
-        config_file=str(_field(record, "config_file") or ""),
-    )
-
-
-def _lineage(view: VersionView) -> dict[str, str]:
-    meta = view.metadata
-    if meta is None:
-        return {}
-    data = meta.training_data or {}
-    evaluation = _evaluation(meta)
-    return {
-        "training rows": str(data.get("rows", "")),
-        "training data sha256": str(data.get("sha256", "")),
-        "evaluation rows": str(evaluation.get("rows", "")),
-        "evaluation rows sha256": str(evaluation.get("fingerprint", "")),
-        "features": ", ".join(meta.feature_names),
-        "feature refs": ", ".join(meta.feature_refs),
-        "label": meta.label,
-        "config digest": meta.config_digest,
-        "framework": meta.framework,
-        **{f"{k} version": v for k, v in sorted(meta.versions.items())},
-    }
-
-
-def _evaluation(meta: BundleMetadata) -> dict[str, Any]:
-    evaluation = getattr(meta, "evaluation", None) or meta.extra.get("evaluation") or {}
-    if hasattr(evaluation, "model_dump"):
-        evaluation = evaluation.model_dump(mode="json")
-    return evaluation if isinstance(evaluation, dict) else {}
-
-
-def lineage(view: VersionView) -> dict[str, str]:
-    """Where a version came from: its data fingerprint, features, config digest, versions."""
-    return {k: v for k, v in _lineage(view).items() if v}
-
-
-def _lineage_rows(a: VersionView, b: VersionView) -> list[tuple[str, str, str, bool]]:
-    left, right = _lineage(a), _lineage(b)
-    keys = list(dict.fromkeys([*left, *right]))
-    return [(k, left.get(k, ""), right.get(k, ""), left.get(k, "") == right.get(k, "")) for k in keys]
