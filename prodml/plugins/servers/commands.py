@@ -36,6 +36,19 @@ def predict_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--data", help="request JSON, or a list of rows")
     group.add_argument("--file", help="file with the request JSON")
+    group.add_argument(
+        "--entities",
+        metavar="F",
+        help="batch scoring: CSV/Parquet entity rows (join keys, timestamp); features as of each "
+        "row's time, the stored model run in this process (needs -o)",
+    )
+    parser.add_argument("-o", "--output", metavar="OUT", help="with --entities: .parquet or .csv to write")
+    parser.add_argument(
+        "--version",
+        dest="model_version",
+        default=None,
+        help="with --entities: model version (default: server.version or latest)",
+    )
     parser.add_argument("--protocol", choices=["v1", "v2"], default="v1")
     parser.add_argument("--url", help="server URL (default: from server.host/port in the config)")
 
@@ -151,10 +164,22 @@ def _read_request(args: argparse.Namespace) -> Any:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    """``prodml predict -c FILE --data JSON``: send a request, print the answer."""
+    """``prodml predict -c FILE --data JSON``: send a request, print the answer.
+
+    With ``--entities F -o OUT`` it scores a file of entity rows in this process instead
+    (:func:`prodml.runner.batch.batch_predict`).
+    """
     from prodml.plugins.servers import client
 
     config = _load(args)
+    if args.entities:  # batch scoring runs here, not on a server
+        from prodml.runner.batch import batch_predict
+
+        if not args.output:
+            raise ConfigError("--entities needs -o OUT (a .parquet or .csv file to write)")
+        result = batch_predict(config, Path(args.entities), Path(args.output), version=args.model_version)
+        print(result.summary())
+        return 0
     if config.server is None:
         raise ConfigError("no `server:` section: no server to send the request to", file=args.config)
     server_config = config.server

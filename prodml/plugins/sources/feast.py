@@ -308,12 +308,19 @@ class FeastSource(DataSource):
 
     # -- training frame ----------------------------------------------------------------
 
-    def read_entity_df(self) -> pd.DataFrame:
-        """The entity frame with its timestamps as UTC datetimes (checked, not yet joined)."""
+    def read_entity_df(self, path: str | Path | None = None, *, with_label: bool = True) -> pd.DataFrame:
+        """The entity frame with its timestamps as UTC datetimes (checked, not yet joined).
+
+        Args:
+            path: the CSV or Parquet file (default: ``entity_df`` of the config).
+            with_label: the training case: require the label and keep only the join keys,
+                timestamp and label. Without it (batch scoring) the label is not needed and
+                every column of the file is kept.
+        """
         import pandas as pd
 
         keys = self.entity_keys  # the repository's problems first: they explain the others
-        path = Path(self.config.entity_df)
+        path = Path(path if path is not None else self.config.entity_df)
         if not path.is_file():
             raise DataError(
                 f"feast source: entity_df {path} not found",
@@ -332,7 +339,7 @@ class FeastSource(DataSource):
             raise DataError(f"feast source: cannot read entity_df {path}: {exc}") from exc
         ts = self.config.timestamp_column
         columns = list(frame.columns)
-        need = [*keys, ts, self.label]
+        need = [*keys, ts, self.label] if with_label else [*keys, ts]
         for name in need:
             if name not in columns:
                 what = "join key" if name in keys else "timestamp" if name == ts else "label"
@@ -346,7 +353,7 @@ class FeastSource(DataSource):
                 )
         if frame.empty:
             raise DataError(f"feast source: entity_df {path} has no rows")
-        frame = frame[need].reset_index(drop=True)
+        frame = (frame[need] if with_label else frame).reset_index(drop=True)
         frame[ts] = self._utc_timestamps(frame[ts], path)
         missing_keys = frame[self.entity_keys].isna().any(axis=1)
         if missing_keys.any():
