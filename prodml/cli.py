@@ -201,9 +201,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for name, command in commands:
             print(f"  {name:<{name_w}}  {command.distribution:<{dist_w}}  {command.command.help}".rstrip())
     if registry.load_failures:
+        # listed, and the exit status says so: an image build that ends with `prodml
+        # plugins` must not succeed with a plugin that cannot be imported
         print("failed to load:")
         for failure in registry.load_failures:
             print(f"  {failure}")
+        return 1
     return 0
 
 

@@ -35,6 +35,20 @@ class TestCsvSource(DataSourceConformance):
         )
         return {"type": "csv", "path": "data.csv", "label": "y", "drop": ["id", "ts"]}
 
+    @pytest.fixture
+    def dirty_backend_config(self, tmp_path: Path):
+        def make(problem: str, column: str) -> dict:
+            value = "" if problem == "missing" else "abc"
+            rows = [
+                {"id": i, "a": 0.5 + i, "b": 3 + i, "ts": "2024-01-01", "y": float(i % 2)} for i in range(4)
+            ]
+            rows[2][column] = value
+            lines = ["id,a,b,ts,y", *(",".join(str(r[k]) for k in ("id", "a", "b", "ts", "y")) for r in rows)]
+            write(tmp_path, "\n".join(lines) + "\n", name="dirty.csv")
+            return {"type": "csv", "path": "dirty.csv", "label": "y", "drop": ["id", "ts"]}
+
+        return make
+
 
 class TestQuickstartData(DataSourceConformance):
     @pytest.fixture

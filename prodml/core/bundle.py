@@ -147,9 +147,18 @@ def manifest_digest(bundle_dir: Path) -> str:
     return sha256_file(Path(bundle_dir) / MANIFEST)
 
 
+def _now() -> datetime:
+    """The clock of :func:`new_version_id` (the store conformance suite pins it)."""
+    return datetime.now(UTC)
+
+
 def new_version_id(bundle_dir: Path, now: datetime | None = None) -> str:
-    """A version id that sorts by time: ``20261129T173000Z-<8 hex of content>``."""
-    now = (now or datetime.now(UTC)).astimezone(UTC)
+    """A version id that sorts by time: ``20261129T173000Z-<8 hex of content>``.
+
+    Stores name every new version with it, so ids sort by time across backends and the
+    store conformance suite can pin its clock.
+    """
+    now = (now or _now()).astimezone(UTC)
     return f"{now:%Y%m%dT%H%M%SZ}-{manifest_digest(bundle_dir)[:8]}"
 
 

@@ -119,7 +119,7 @@ class ModelServerConformance(BackendConformance):
     # -- deploy, predict, status, undeploy ----------------------------------------------
 
     def test_deployed_model_answers_like_the_model_in_process(
-        self, deployed: Any, trained_bundle: Path
+        self, backend: Any, deployed: Any, trained_bundle: Path
     ) -> None:
         import numpy as np
 
@@ -129,6 +129,13 @@ class ModelServerConformance(BackendConformance):
         answer = predict(deployed.url, deployed.model_name, rows)
         expected = in_process_predictions(trained_bundle, rows)
         assert np.allclose(np.asarray(predictions(answer), dtype=np.float32), expected, rtol=1e-5, atol=1e-6)
+        # the optional ModelServer.predict (a run's sample prediction) agrees, or says it is absent
+        try:
+            own = backend.predict(deployed, rows)
+        except NotImplementedError as exc:
+            assert type(backend).__name__ in str(exc)
+        else:
+            assert np.allclose(np.asarray(own, dtype=np.float32), expected, rtol=1e-5, atol=1e-6)
 
     def test_status_follows_deploy_and_undeploy(
         self, backend: Any, stored: ModelRef, model_store: ModelStore

@@ -9,15 +9,22 @@ Use it from a plugin's tests::
 
 Sources that serve online features (``entity_keys`` not empty) also override
 :meth:`DataSourceConformance.entity_rows` with a few entity rows known to the online store.
+
+Sources that read data someone else wrote override
+:meth:`DataSourceConformance.dirty_backend_config` too: the suite then checks that a missing
+value or a word in a numeric column is refused with a :class:`~prodml.core.errors.DataError`
+naming the column, instead of reaching the trainer (clean test data alone cannot show it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
+from prodml.core.errors import DataError
 from prodml.core.interfaces import DatasetSchema, DataSource
 from prodml.core.interfaces import Role as _Role
 from prodml.testing.base import BackendConformance
@@ -31,6 +38,17 @@ class DataSourceConformance(BackendConformance):
     @pytest.fixture
     def entity_rows(self) -> Sequence[Mapping[str, Any]] | None:
         """Entity rows for :meth:`DataSource.online_features` (None: the source has none)."""
+        return None
+
+    @pytest.fixture
+    def dirty_backend_config(self) -> Callable[[str, str], dict[str, Any]] | None:
+        """``make(problem, column)``: a config section whose data has ``problem`` in ``column``.
+
+        ``problem`` is ``"missing"`` (one row has no value there: an empty cell, a null) or
+        ``"text"`` (one row has a word there); ``column`` is one of the source's feature
+        columns (as named by a config from :meth:`backend_config`). Return None for a source
+        whose data cannot hold either (generated data); the refusal checks are then skipped.
+        """
         return None
 
     @pytest.fixture
@@ -106,3 +124,25 @@ class DataSourceConformance(BackendConformance):
             assert name in online.columns, f"online_features lacks column {name!r}"
         for key in backend.entity_keys:
             assert list(online[key]) == [row[key] for row in entity_rows]
+
+    # -- data the trainer must never see ---------------------------------------------------
+
+    @pytest.mark.parametrize("problem", ["missing", "text"])
+    def test_missing_and_text_values_are_refused(
+        self,
+        problem: str,
+        backend: DataSource,
+        dirty_backend_config: Callable[[str, str], dict[str, Any]] | None,
+        registry: Any,
+        base_dir: Path,
+    ) -> None:
+        if dirty_backend_config is None:
+            pytest.skip(f"{type(self).__name__} does not provide dirty_backend_config")
+        column = list(backend.feature_names)[-1]
+        data = dirty_backend_config(problem, column)
+        installed = registry.get(self.role, data["type"])
+        config = installed.backend.config.model_validate(data, context={"base_dir": base_dir})
+        dirty = registry.create(self.role, config)
+        with pytest.raises(DataError) as refused:
+            dirty.training_frame()
+        assert column in str(refused.value), "the error must name the column"

@@ -28,6 +28,24 @@ class TestParquetSource(DataSourceConformance):
         write_parquet(tmp_path / "train.parquet")
         return {"type": "parquet", "path": "train.parquet", "label": "target", "drop": ["id"]}
 
+    @pytest.fixture
+    def dirty_backend_config(self, tmp_path: Path):
+        """Parquet data with a null, or a word, in one feature column."""
+
+        def make(problem: str, column: str) -> dict:
+            import pandas as pd
+
+            frame = pd.read_parquet(write_parquet(tmp_path / "clean.parquet"))
+            if problem == "missing":
+                frame.loc[3, column] = None
+            else:  # Parquet columns have one type: the word makes it a text column
+                frame[column] = frame[column].astype(str)
+                frame.loc[3, column] = "abc"
+            frame.to_parquet(tmp_path / "dirty.parquet")
+            return {"type": "parquet", "path": "dirty.parquet", "label": "target", "drop": ["id"]}
+
+        return make
+
     def test_features_default_to_all_but_label_and_drop(self, backend) -> None:
         assert backend.feature_names == ["a", "b", "c"]
 
