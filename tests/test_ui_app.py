@@ -144,3 +144,16 @@ def test_every_screenshot_docs_ui_shows_is_committed() -> None:
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", (docs / "ui.md").read_text())
     assert len(images) >= 8
     assert [name for name in images if not (docs / name).is_file()] == []
+
+
+def test_a_fresh_project_without_runs_or_store(tmp_path) -> None:
+    (tmp_path / "prodml.yaml").write_text(
+        "project: fresh\nstages: [fetch]\nsource: {type: csv, path: data.csv, label: target}\n"
+    )
+    app = create_app(Project(load_config(tmp_path / "prodml.yaml")), token="t")
+    with TestClient(app, base_url="http://127.0.0.1:8765") as client:
+        assert "no runs yet" in client.get("/").text
+        assert "no runs yet" in client.get("/runs").text
+        assert "no <code>store:</code> section" in client.get("/models").text
+        assert "no model server of fresh is running" in client.get("/endpoints").text
+        assert client.get("/models/latest").status_code == 404
