@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.kserve]
 NAME = "tiny"
 FEATURES = ["x0", "x1", "x2"]
 LIMIT = 64 * 1024
+FAST_PATH_ENV = "PRODML_SERVER_FAST_PATH"
 
 
 class TestKServeLocal(ModelServerConformance):
@@ -51,8 +52,13 @@ def store_and_ref(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     return store, store.push(bundle, NAME)
 
 
-@pytest.fixture(scope="module")
-def server(store_and_ref: tuple[Any, ModelRef], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+@pytest.fixture(scope="module", params=["fast path", "kserve path"])
+def server(
+    request: pytest.FixtureRequest,
+    store_and_ref: tuple[Any, ModelRef],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Any]:
+    """The served model, inference answered by prodml's fast path or by KServe's app."""
     from prodml.plugins.servers.kserve import KServeServer, KServeServerConfig
 
     config = KServeServerConfig(
@@ -60,7 +66,15 @@ def server(store_and_ref: tuple[Any, ModelRef], tmp_path_factory: pytest.TempPat
     )
     backend = KServeServer(config)
     store, ref = store_and_ref
-    endpoint = backend.deploy(ref, store)
+    saved = os.environ.get(FAST_PATH_ENV)
+    os.environ[FAST_PATH_ENV] = "1" if request.param == "fast path" else "0"  # read by the server process
+    try:
+        endpoint = backend.deploy(ref, store)
+    finally:
+        if saved is None:
+            os.environ.pop(FAST_PATH_ENV, None)
+        else:
+            os.environ[FAST_PATH_ENV] = saved
     try:
         yield endpoint
     finally:

@@ -103,6 +103,7 @@ def run_spec(spec: dict[str, Any], *, worker: bool = False) -> None:
         max_request_bytes=int(spec.get("max_request_bytes") or 4 << 20),
         access_log=bool(spec.get("access_log")),
         reuse_port=reuse,
+        fast_path=fast_path_enabled(spec),
     )
     try:
         model_module.serve(model, options, sock=sock)
@@ -115,6 +116,17 @@ def run_spec(spec: dict[str, Any], *, worker: bool = False) -> None:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def fast_path_enabled(spec: dict[str, Any]) -> bool:
+    """Whether inference takes prodml's fast path (``_asgi.FrontDoor``) or KServe's app.
+
+    On unless the spec says ``"fast_path": false`` or ``PRODML_SERVER_FAST_PATH=0`` is set: a
+    diagnostic switch (both paths give the same answers; the tests run both).
+    """
+    if os.environ.get("PRODML_SERVER_FAST_PATH", "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return bool(spec.get("fast_path", True))
 
 
 def _start_sibling(spec: dict[str, Any]) -> subprocess.Popen:

@@ -1,7 +1,7 @@
 """The KServe model that serves a prodml bundle, and the server process around it.
 
 Imported only where a server really runs (it imports kserve at module level, because
-:class:`BundleModel` subclasses ``kserve.Model``). Three additions to KServe's own
+:class:`BundleModel` subclasses ``kserve.Model``). Four additions to KServe's own
 ModelServer, each for a promise the plugin makes:
 
 * :class:`BundleModel` loads the bundle in the background; the model (and, through
@@ -9,8 +9,11 @@ ModelServer, each for a promise the plugin makes:
   load stays not-ready with the reason in the log and in the 503 answer of the readiness
   endpoints. Inference goes through one compiled TensorFlow concrete function with a fixed
   ``[None, n_features]`` float32 signature, a whole batch per call.
-* :class:`BodyLimitMiddleware` answers 413 from the ``Content-Length`` header before the
-  body is read (for chunked bodies: as soon as the streamed length passes the limit).
+* :class:`~prodml.plugins.servers._asgi.FrontDoor`, a raw ASGI app in front of KServe's,
+  answers inference of the served model without the web framework, and enforces the body
+  limit (413) for every request.
+* :class:`ReadOnlyRepository` turns KServe's model-repository load/unload off: nothing
+  that reaches the data port can change what is served.
 * Request problems raise :class:`~prodml.plugins.servers._requests.RequestRejected`,
   answered with its 4xx status and ``{"error": reason}``, logged at INFO without traceback.
 """
@@ -26,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from kserve import Model
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 
 from prodml.plugins.servers._requests import InputSpec, Parsed, RequestRejected, V2Input, parse_v1, parse_v2
 
@@ -177,6 +181,10 @@ class BundleModel(Model):
 
     # -- inference --------------------------------------------------------------------
 
+    def infer(self, matrix: np.ndarray) -> np.ndarray:
+        """The model's predictions for a verified ``(rows, n_features)`` float32 matrix."""
+        return self._infer(matrix)  # type: ignore[misc]  # set before ready
+
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
         return payload  # validation happens in predict, where the protocol is known
 
@@ -194,7 +202,7 @@ class BundleModel(Model):
             raise ModelNotReady(self.name, self.failure)
         if isinstance(payload, InferRequest):
             parsed = parse_v2([_v2_input(i) for i in payload.inputs], spec)
-            matrix = await self._matrix(parsed)
+            matrix = await self.matrix(parsed)
             result = self._infer(matrix)
             # numpy data is serialised once, by InferResponse.to_rest (JSON or binary as asked)
             out = InferOutput(name=self.output_name, shape=list(result.shape), datatype="FP32", data=result)
@@ -203,6 +211,8 @@ class BundleModel(Model):
                 model_name=self.name,
                 model_version=self.version,
                 infer_outputs=[out],
+                use_binary_outputs=payload.use_binary_outputs,
+                requested_outputs=payload.request_outputs,
             )
         if isinstance(payload, bytes | bytearray):
             # KServe hands over bodies without a JSON content type undecoded
@@ -210,10 +220,11 @@ class BundleModel(Model):
                 payload = orjson.loads(payload)
             except orjson.JSONDecodeError as exc:
                 raise RequestRejected(400, f"the body is not valid JSON: {exc}") from None
-        matrix = await self._matrix(parse_v1(payload, spec))
+        matrix = await self.matrix(parse_v1(payload, spec))
         return {"predictions": self._infer(matrix).tolist()}
 
-    async def _matrix(self, parsed: Parsed) -> np.ndarray:
+    async def matrix(self, parsed: Parsed) -> np.ndarray:
+        """The feature matrix of a parsed request (entity rows are looked up first)."""
         if parsed.matrix is not None:
             return parsed.matrix
         # Online-store reads block on I/O: keep them off the event loop.
@@ -363,90 +374,25 @@ class TruthfulDataPlane(DataPlane):
         return ready
 
 
-class BodyLimitMiddleware:
-    """ASGI middleware: 413 for request bodies over ``max_bytes``, decided before reading them.
+class ReadOnlyRepository(ModelRepositoryExtension):
+    """KServe's model-repository extension with load and unload refused (403).
 
-    With a ``Content-Length`` header the answer comes from the header alone. A chunked body
-    is read here up to the limit (never further) and replayed to the app.
+    KServe answers ``POST /v2/repository/models/<m>/unload`` for anyone who reaches the data
+    port, and the model is gone until a restart; on a cluster that is any pod. prodml changes
+    what a server serves through ``prodml serve``/``update`` only.
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
+    async def load(self, model_name: str) -> None:
+        raise RequestRejected(403, _REPOSITORY_OFF.format(action="load", name=model_name))
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        length = None
-        chunked = False
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
-        if length is not None:
-            try:
-                size = int(length)
-            except ValueError:
-                await _send_json(send, 400, f"Content-Length {length[:20]!r} is not a number")
-                return
-            if size > self.max_bytes:
-                await self._too_large(send, f"{size} bytes")
-                return
-            await self.app(scope, receive, send)
-            return
-        if not chunked:
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        seen = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            body = message.get("body", b"")
-            seen += len(body)
-            if seen > self.max_bytes:
-                await self._too_large(send, f"more than {self.max_bytes} bytes")
-                return
-            chunks.append(body)
-            more = message.get("more_body", False)
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, send: Callable, size: str) -> None:
-        await _send_json(
-            send,
-            413,
-            f"request body is {size}; this server accepts at most {self.max_bytes} bytes "
-            "(server.max_request_bytes): send fewer rows per request",
-        )
+    async def unload(self, model_name: str) -> None:
+        raise RequestRejected(403, _REPOSITORY_OFF.format(action="unload", name=model_name))
 
 
-async def _send_json(send: Callable, status: int, message: str) -> None:
-    body = orjson.dumps({"error": message})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+_REPOSITORY_OFF = (
+    "model repository {action} is turned off on prodml's model server ({name!r} stays as it is); "
+    "serve another version with prodml (prodml serve / prodml models promote)"
+)
 
 
 async def _rejected_handler(_request: Any, exc: Exception) -> Any:
@@ -489,7 +435,7 @@ class ServeOptions:
     max_request_bytes: int = 4 << 20
     access_log: bool = False
     reuse_port: bool = False
-    extra_middleware: list[Any] = field(default_factory=list)
+    fast_path: bool = True
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -528,6 +474,8 @@ def serve(model: Model, options: ServeOptions, *, sock: socket.socket | None = N
     from kserve.protocol.rest.server import RESTServer
     from uvicorn.importer import import_from_string
 
+    from prodml.plugins.servers._asgi import FrontDoor
+
     sock = sock or bind_socket(options.host, options.port, reuse_port=options.reuse_port)
     server = ModelServer(
         http_port=sock.getsockname()[1],
@@ -541,7 +489,7 @@ def serve(model: Model, options: ServeOptions, *, sock: socket.socket | None = N
     rest = RESTServer(
         FASTAPI_APP_IMPORT_STRING,
         server.dataplane,
-        server.model_repository_extension,
+        ReadOnlyRepository(server.registered_models),
         sock.getsockname()[1],
         workers=1,
         grace_period=5,
@@ -559,7 +507,8 @@ def serve(model: Model, options: ServeOptions, *, sock: socket.socket | None = N
     app.add_exception_handler(ModelNotReady, _rejected_handler)
     app.add_exception_handler(ServerNotReady, _rejected_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=options.max_request_bytes)
+    # the front door answers the model's inference itself and passes the rest to KServe
+    rest.config.app = FrontDoor(app, model, max_bytes=options.max_request_bytes, fast=options.fast_path)
     if not options.access_log:
         logging.getLogger("uvicorn.access").disabled = True
     # kserve logs every rejected request with a traceback at ERROR; prodml's handlers log them
@@ -572,6 +521,11 @@ def serve(model: Model, options: ServeOptions, *, sock: socket.socket | None = N
         await rest._server.serve(sockets=[sock])
 
     log.info(
-        "serving %r on http://%s:%d (pid %d)", model.name, options.host, sock.getsockname()[1], os.getpid()
+        "serving %r on http://%s:%d (pid %d, inference: %s)",
+        model.name,
+        options.host,
+        sock.getsockname()[1],
+        os.getpid(),
+        "prodml fast path" if options.fast_path else "KServe's app",
     )
     asyncio.run(main())

@@ -1,6 +1,6 @@
 """Turning inference request bodies into a float32 feature matrix, strictly.
 
-Pure numpy, no KServe import: the rules are testable on their own and the model server
+numpy and orjson, no KServe import: the rules are testable on their own and the model server
 (``_model.py``) only maps :class:`RequestRejected` onto an HTTP status. Every rejection
 names what is wrong with the request and what a valid one looks like; nothing a client
 sends may reach the model as anything other than a finite ``(rows, n_features)`` float32
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 #: V2 datatypes a request may use for features (converted to float32 for the model).
 V2_NUMERIC = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
@@ -326,6 +327,179 @@ def _flatten(data: list[Any], name: str) -> list[Any]:
         else:
             raise bad_request(f"input {name!r} holds {_json_type(item)}; data must be numbers")
     return out
+
+
+# -- V2 request bodies (JSON, or JSON + binary tensors) ----------------------------------
+
+#: the header of the V2 binary tensor extension: the length of the JSON part of the body
+BINARY_HEADER = "inference-header-content-length"
+
+
+@dataclass(frozen=True)
+class V2Request:
+    """A V2 inference request body, structurally checked (values are checked by parse_v2).
+
+    Attributes:
+        inputs: the inputs, binary tensors already cut out of the body.
+        id: the request id to echo (None: the server makes one).
+        parameters: the request's ``parameters`` object.
+        outputs: the requested outputs as ``(name, binary)`` pairs, ``binary`` None when the
+            output does not say; None when the request names no outputs.
+    """
+
+    inputs: list[V2Input]
+    id: str | None = None
+    parameters: Mapping[str, Any] | None = None
+    outputs: list[tuple[str, bool | None]] | None = None
+
+    def binary_output(self, name: str) -> bool:
+        """Whether output ``name`` is answered as binary: its own flag, else ``binary_data_output``."""
+        for requested, binary in self.outputs or ():
+            if requested == name and binary is not None:
+                return binary
+        return bool((self.parameters or {}).get("binary_data_output", False))
+
+
+def _structure(message: str) -> RequestRejected:
+    # 422, as KServe's pydantic validation answers a body that is not an inference request
+    return RequestRejected(422, message)
+
+
+def parse_v2_body(body: bytes, json_length: int | str | None = None) -> V2Request:
+    """Split and structurally check a V2 body.
+
+    With ``json_length`` (the ``inference-header-content-length`` header) the first
+    ``json_length`` bytes are the JSON request and the rest are the binary tensors of the
+    inputs whose ``parameters.binary_data_size`` says how many bytes they take, in order.
+    Without it the whole body is JSON, whatever its content type says.
+    """
+    raw = b""
+    if json_length is not None:
+        try:
+            length = int(json_length)
+        except (TypeError, ValueError):
+            shown = str(json_length)[:20]
+            raise bad_request(f"{BINARY_HEADER} is {shown!r}, not a number of bytes") from None
+        if not 0 <= length <= len(body):
+            raise bad_request(f"{BINARY_HEADER} is {length} but the body has {len(body)} bytes")
+        body, raw = body[:length], body[length:]
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise _structure(
+            f'the body must be a JSON object like {{"inputs": [...]}}, not {_json_type(payload)}'
+        )
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise _structure(f'"id" must be a string, not {_json_type(request_id)}')
+    parameters = payload.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise _structure(f'"parameters" must be an object, not {_json_type(parameters)}')
+    if "inputs" not in payload:
+        raise _structure('"inputs": field required; send {"inputs": [{"name", "shape", "datatype", "data"}]}')
+    items = payload["inputs"]
+    if not isinstance(items, list):
+        raise _structure(f'"inputs" must be a list of inputs, not {_json_type(items)}')
+    inputs = []
+    offset = 0
+    for i, item in enumerate(items):
+        inp, offset = _v2_item(item, i, raw, offset)
+        inputs.append(inp)
+    if offset != len(raw):
+        raise bad_request(
+            f"the body carries {len(raw)} bytes of binary data but the inputs' binary_data_size "
+            f"add up to {offset}"
+        )
+    outputs = _requested_outputs(payload.get("outputs"))
+    return V2Request(inputs=inputs, id=request_id, parameters=parameters, outputs=outputs)
+
+
+def _v2_item(item: Any, i: int, raw: bytes, offset: int) -> tuple[V2Input, int]:
+    where = f"inputs[{i}]"
+    if not isinstance(item, dict):
+        raise _structure(
+            f"{where} must be an object with name, shape, datatype and data, not {_json_type(item)}"
+        )
+    missing = [k for k in ("name", "shape", "datatype") if k not in item]
+    parameters = item.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise _structure(f"{where}.parameters must be an object, not {_json_type(parameters)}")
+    size = (parameters or {}).get("binary_data_size")
+    if size is None and "data" not in item:
+        missing.append("data")
+    if missing:
+        raise _structure(f"{where}: field(s) {', '.join(missing)} required")
+    name, shape, datatype = item["name"], item["shape"], item["datatype"]
+    if not isinstance(name, str):
+        raise _structure(f"{where}.name must be a string, not {_json_type(name)}")
+    if not isinstance(datatype, str):
+        raise _structure(f"{where}.datatype must be a string, not {_json_type(datatype)}")
+    if not isinstance(shape, list):
+        raise _structure(f"{where}.shape must be a list of integers, not {_json_type(shape)}")
+    dims = []
+    for d in shape:
+        if type(d) is float and d.is_integer():
+            d = int(d)  # 3.0 is read as 3, as KServe's request model reads it
+        if type(d) is not int:
+            raise _structure(f"{where}.shape must be a list of integers, not {shape}")
+        dims.append(d)
+    if size is None:
+        data = item["data"]
+        if not isinstance(data, list):
+            raise _structure(f"{where}.data must be a list, not {_json_type(data)}")
+        if datatype.upper() == "FP16":
+            raise bad_request(f"input {name!r}: FP16 data cannot be sent as JSON; send it as a binary tensor")
+        return V2Input(name=name, datatype=datatype, shape=dims, data=data), offset
+    if type(size) is not int or size < 0:
+        raise bad_request(f"{where}.parameters.binary_data_size must be a non-negative integer, not {size!r}")
+    if offset + size > len(raw):
+        raise bad_request(
+            f"input {name!r} says binary_data_size {size} but only {len(raw) - offset} bytes of binary "
+            f"data are left (is {BINARY_HEADER} right?)"
+        )
+    chunk = raw[offset : offset + size]
+    if datatype.upper() == "BYTES":
+        strings = _bytes_elements(chunk, name)
+        return V2Input(name=name, datatype=datatype, shape=dims, data=strings), offset + size
+    return V2Input(name=name, datatype=datatype, shape=dims, data=None, raw=chunk), offset + size
+
+
+def _bytes_elements(chunk: bytes, name: str) -> list[str]:
+    """Binary BYTES elements (each a 4-byte little-endian length, then the bytes) as strings."""
+    out = []
+    at = 0
+    while at < len(chunk):
+        if at + 4 > len(chunk):
+            raise bad_request(f"input {name!r}: binary BYTES data ends inside an element's length")
+        n = int.from_bytes(chunk[at : at + 4], "little")
+        value = chunk[at + 4 : at + 4 + n]
+        if len(value) != n:
+            raise bad_request(f"input {name!r}: binary BYTES element is shorter than its length")
+        try:
+            out.append(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise bad_request(f"input {name!r}: BYTES elements must be UTF-8 text (entity keys)") from None
+        at += 4 + n
+    return out
+
+
+def _requested_outputs(outputs: Any) -> list[tuple[str, bool | None]] | None:
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list):
+        raise _structure(f'"outputs" must be a list of {{"name": ...}} objects, not {_json_type(outputs)}')
+    requested = []
+    for i, out in enumerate(outputs):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise _structure(f'outputs[{i}] must be an object with a "name" string')
+        parameters = out.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise _structure(f"outputs[{i}].parameters must be an object")
+        binary = parameters.get("binary_data")
+        requested.append((out["name"], None if binary is None else bool(binary)))
+    return requested
 
 
 # -- shared ---------------------------------------------------------------------------
