@@ -8,16 +8,8 @@ cannot unload the served model, and fast-path requests are counted in KServe's m
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
-import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +18,7 @@ import numpy as np
 import pytest
 
 from prodml.plugins.servers._requests import RequestRejected, parse_v2_body
+from prodml.testing.model_server import send, start_server, stop_server, wait_ready
 from prodml.testing.servers import in_process_predictions, train_tiny_bundle
 
 NAME = "tiny"
@@ -113,72 +106,6 @@ def test_binary_sizes_must_add_up_to_the_body() -> None:
 # -- the two paths side by side, in real servers ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(bundle: Path, log: Path, *, fast: bool = True, **spec: Any) -> tuple[subprocess.Popen, str]:
-    """A model-server process (prodml's entry point) on a free loopback port."""
-    port = _free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PRODML_SERVER_FAST_PATH": "1" if fast else "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prodml.plugins.servers._main", "--spec", "-"],
-        stdin=subprocess.PIPE,
-        stdout=open(log, "wb"),  # noqa: SIM115 - the child owns it
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=env,
-    )
-    assert proc.stdin is not None
-    full = {"model_name": NAME, "bundle_dir": str(bundle), "port": port, "max_request_bytes": LIMIT, **spec}
-    proc.stdin.write(json.dumps(full).encode())
-    proc.stdin.close()
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, limit: float = 240) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        with contextlib.suppress(OSError):
-            if send(url, f"/v2/models/{NAME}/ready")[0] == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"server not ready in {limit} s: {log.read_text()[-2000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def send(
-    url: str, path: str, body: bytes | str | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], Any]:
-    """(status, lower-cased headers, decoded JSON or raw bytes) of one request."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        data = body.encode() if isinstance(body, str) else body
-        conn.request("POST" if data is not None else "GET", path, body=data, headers=headers or {})
-        resp = conn.getresponse()
-        raw = resp.read()
-    finally:
-        conn.close()
-    answer_headers = {k.lower(): v for k, v in resp.getheaders()}
-    try:
-        return resp.status, answer_headers, json.loads(raw)
-    except ValueError:
-        return resp.status, answer_headers, raw
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle", model_name=NAME)
@@ -189,12 +116,14 @@ def both(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     """A fast-path server and a KServe-path server of the same bundle, started together."""
     logs = tmp_path_factory.mktemp("logs")
     started = {
-        "fast": start_server(bundle, logs / "fast.log", fast=True, max_rows=100),
-        "kserve": start_server(bundle, logs / "kserve.log", fast=False, max_rows=100),
+        key: start_server(
+            bundle, logs / f"{key}.log", NAME, fast=key == "fast", max_request_bytes=LIMIT, max_rows=100
+        )
+        for key in ("fast", "kserve")
     }
     try:
         for key, (proc, url) in started.items():
-            wait_ready(url, proc, logs / f"{key}.log")
+            wait_ready(url, NAME, proc, logs / f"{key}.log")
         yield {key: url for key, (_, url) in started.items()}
     finally:
         for proc, _ in started.values():

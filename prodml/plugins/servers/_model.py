@@ -355,6 +355,14 @@ def _describe(exc: BaseException) -> str:
 class TruthfulDataPlane(DataPlane):
     """KServe's DataPlane whose server readiness is the readiness of its models."""
 
+    def metadata(self) -> dict[str, Any]:
+        """Server metadata listing the extensions this server really offers.
+
+        KServe lists ``model_repository_extension``, which prodml turns off
+        (:class:`ReadOnlyRepository`); both inference paths speak the binary tensor extension.
+        """
+        return {**super().metadata(), "extensions": ["binary_tensor_data"]}
+
     async def ready(self) -> bool:
         models = list(self.model_registry.get_models().values())
         for model in models:
