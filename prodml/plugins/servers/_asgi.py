@@ -91,7 +91,7 @@ class FrontDoor:
         self.fast = fast
         self.drain_bytes = DRAIN_BYTES
         self.drain_seconds = DRAIN_SECONDS
-        self._observe: tuple[Callable[[float], None], ...] | None = None
+        self._observe: Callable[[float], None] | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["method"] in _READ_ONLY:
@@ -234,21 +234,21 @@ class FrontDoor:
 
     # -- inference --------------------------------------------------------------------------
 
-    def _observers(self) -> tuple[Callable[[float], None], ...]:
-        """KServe's pre/predict/post latency histograms for this model (its /metrics)."""
-        if self._observe is None:
-            from kserve.metrics import POST_HIST_TIME, PRE_HIST_TIME, PREDICT_HIST_TIME, get_labels
+    def _observer(self) -> Callable[[float], None]:
+        """KServe's predict-latency histogram for this model (its ``/metrics``).
 
-            labels = get_labels(self.model.name)
-            self._observe = tuple(
-                h.labels(**labels).observe for h in (PRE_HIST_TIME, PREDICT_HIST_TIME, POST_HIST_TIME)
-            )
+        Only the predict histogram: each observation takes prometheus_client's locks and
+        walks the buckets, and the pre/post-process pair would double that per request.
+        """
+        if self._observe is None:
+            from kserve.metrics import PREDICT_HIST_TIME, get_labels
+
+            self._observe = PREDICT_HIST_TIME.labels(**get_labels(self.model.name)).observe
         return self._observe
 
     async def _v1(self, scope: dict, body: bytes, receive: Callable, send: Callable) -> None:
         model = self.model
-        pre, predict, post = self._observers()
-        started = time.perf_counter()
+        observe = self._observer()
         try:
             try:
                 payload = orjson.loads(body)
@@ -260,11 +260,9 @@ class FrontDoor:
                 return
             parsed = parse_v1(payload, model.spec)
             matrix = parsed.matrix if parsed.matrix is not None else await model.matrix(parsed)
-            inferred = time.perf_counter()
-            pre(inferred - started)
+            started = time.perf_counter()
             result = model.infer(matrix)
-            done = time.perf_counter()
-            predict(done - inferred)
+            observe(time.perf_counter() - started)
             answer = b'{"predictions":' + _json_rows(result) + b"}"
         except RequestRejected as exc:
             await _rejected(send, exc)
@@ -274,21 +272,17 @@ class FrontDoor:
             return
         await send({"type": "http.response.start", "status": 200, "headers": _json_headers(len(answer))})
         await send({"type": "http.response.body", "body": answer})
-        post(time.perf_counter() - done)
 
     async def _v2(self, body: bytes, json_length: bytes | None, send: Callable) -> None:
         model = self.model
-        pre, predict, post = self._observers()
-        started = time.perf_counter()
+        observe = self._observer()
         try:
             request = parse_v2_body(body, None if json_length is None else json_length.decode("latin-1"))
             parsed = parse_v2(request.inputs, model.spec)
             matrix = parsed.matrix if parsed.matrix is not None else await model.matrix(parsed)
-            inferred = time.perf_counter()
-            pre(inferred - started)
+            started = time.perf_counter()
             result = model.infer(matrix)
-            done = time.perf_counter()
-            predict(done - inferred)
+            observe(time.perf_counter() - started)
             answer, header_length = _v2_answer(model, request, result)
         except RequestRejected as exc:
             await _rejected(send, exc)
@@ -305,7 +299,6 @@ class FrontDoor:
             ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
-        post(time.perf_counter() - done)
 
 
 def _json_rows(result: np.ndarray) -> bytes:
