@@ -1,25 +1,37 @@
-"""Benchmark serving: prodml's KServe server side by side with the usual alternatives.
+"""Benchmark serving: prodml's model server side by side with the usual alternatives.
 
-    python bench/serve.py            # 8 clients x 15 s per server (about 3 minutes)
-    python bench/serve.py --quick    # 8 clients x 4 s, a smoke run
-    python bench/serve.py --skip-mlflow
+    python bench/serve.py            # 8 clients x 10 s per server and round, 3 rounds
+    python bench/serve.py --quick    # 8 clients x 4 s, 3 rounds (a smoke run)
+    python bench/serve.py --rounds 5 --seconds 15 --skip-mlflow --skip-mlserver
 
 One run, the same Keras model (the quickstart network, trained for one epoch) and the same
-one-row payload for every server, load from a separate process (``hey`` when installed,
-else a small asyncio client):
+one-row payload for every server, all servers up at once, load from a separate process
+(``hey`` when installed, else a small asyncio client):
 
-(a) prodml ``kserve`` server in mode local, V1 and V2 (compiled concrete function);
-(b) a KServe custom model calling ``model.predict`` per request, as KServe's custom-model
-    docs do;
+(a) prodml's server in mode local, V1 and V2 (its fast path, the served inference path);
+(b) a KServe custom model calling ``model.predict`` per request, as KServe's docs do;
 (c) ``mlflow models serve`` of the same model (MLflow in its own virtualenv,
     bench/.mlflow-venv, from bench/requirements-mlflow.txt; skipped with a note if absent);
-(d) a KServe model that returns a constant: the ceiling of KServe's HTTP stack here.
+(d) a KServe model that returns a constant: the ceiling of KServe's HTTP stack here;
+(e) a KServe custom model calling a ``tf.function`` with a fixed signature;
+(f) MLServer (its own virtualenv, bench/.mlserver-venv, from bench/requirements-mlserver.txt;
+    skipped with a note if absent), a custom runtime doing the same NumPy forward pass, V2;
+(g) a bare ASGI app on uvicorn: orjson in, the same NumPy forward pass, orjson out, no
+    validation at all: the practical limit of a Python server here.
 
-(b) and (d) run KServe's ModelServer with the same settings as (a) (no access log, no
-per-request latency log), so the differences are the model path. Then one client, to read
-latency without queueing: p50 minus the in-process inference time of the compiled function
-is what the server adds. Targets (issue 6): (a) >= 25x (b) and (c); (a) >= 0.6x (d); p99 under
-10 ms at batch 1. Results go to stdout and bench/.out/serve.json; nothing here asserts.
+(b), (d), (e) and (g) get prodml's server settings: a listening socket with TCP_NODELAY,
+one TensorFlow thread per pool, no access log, no per-request latency log, KServe's logger
+at WARNING. Every load run checks the status of every answer (hey's CSV), and a checker
+thread sends a few requests with other rows during the run and compares the answers with
+the model's in-process predictions (the constant model: with its constant): one wrong or
+failed answer fails the run instead of counting. Each server is measured in ``--rounds``
+rounds, the order shuffled every round; figures are medians with [min-max] over rounds.
+
+Then one client, to read latency without queueing: p50 minus the in-process time of the
+inference path the server chose is what the server adds. Targets (issue 17): (a) V1 >= 3x
+and V2 >= 2x (d) in req/s at 8 clients; (a) V1 >= 0.6x (g); (a) V1 p99 < 5 ms at batch 1;
+one-client p50 minus inference <= 0.3 ms. Results go to stdout and bench/.out/serve.json;
+nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -36,7 +49,12 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +62,47 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 OUT = HERE / ".out" / "serve"
 MLFLOW_VENV = HERE / ".mlflow-venv"
+MLSERVER_VENV = HERE / ".mlserver-venv"
 NAME = "bench"
 
-BASELINE_SERVER = textwrap.dedent(
+# The settings prodml's server runs with (prodml/plugins/servers/_model.py), for every
+# baseline that is a Python server: the differences measured are then the request paths.
+SERVER_SETTINGS = textwrap.dedent(
+    """
+    import logging
+    import os
+    import socket
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+    def listening_socket(port):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        # accepted connections inherit it (Linux): no Nagle stalls on keep-alive answers
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.listen(2048)
+        return sock
+
+
+    def quiet_logs():
+        logging.getLogger("uvicorn.access").disabled = True
+        logging.getLogger("kserve").setLevel(logging.WARNING)
+
+
+    def one_tf_thread():
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    """
+)
+
+KSERVE_BASELINES = SERVER_SETTINGS + textwrap.dedent(
     '''
-    """KServe baselines: (b) model.predict per request, (d) a constant answer."""
+    """KServe baselines: (b) model.predict per request, (d) a constant, (e) a tf.function."""
+    import asyncio
     import sys
 
     import numpy as np
@@ -68,7 +122,33 @@ BASELINE_SERVER = textwrap.dedent(
             return True
 
         def predict(self, payload, headers=None):
-            return {"predictions": self.model.predict(np.array(payload["instances"]), verbose=0).tolist()}
+            x = np.array(payload["instances"], dtype=np.float32)
+            return {"predictions": self.model.predict(x, verbose=0).tolist()}
+
+
+    class TfFunction(Model):
+        def __init__(self, name, path):
+            super().__init__(name)
+            self.path = path
+
+        def load(self):
+            import keras
+            import tensorflow as tf
+
+            model = keras.saving.load_model(self.path)
+            n = model.inputs[0].shape[-1]
+            self.fn = tf.function(
+                lambda x: model(x, training=False),
+                input_signature=[tf.TensorSpec([None, n], tf.float32)],
+            ).get_concrete_function()
+            self.fn(tf.zeros([1, n]))
+            self.tf = tf
+            self.ready = True
+            return True
+
+        def predict(self, payload, headers=None):
+            x = self.tf.constant(np.asarray(payload["instances"], dtype=np.float32))
+            return {"predictions": self.fn(x).numpy().tolist()}
 
 
     class Constant(Model):
@@ -82,14 +162,128 @@ BASELINE_SERVER = textwrap.dedent(
 
     if __name__ == "__main__":
         kind, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-        sys.argv = sys.argv[:1]
-        import logging
+        sys.argv = sys.argv[:1]  # kserve parses sys.argv
+        from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+        from kserve.protocol.rest.server import RESTServer
 
-        model = PredictPerRequest("bench", path) if kind == "predict" else Constant("bench")
+        if kind != "constant":
+            one_tf_thread()
+        model = {"predict": PredictPerRequest, "tf_function": TfFunction}.get(kind)
+        model = model("bench", path) if model else Constant("bench")
         model.load()
-        server = ModelServer(http_port=port, workers=1, enable_grpc=False, enable_latency_logging=False)
-        logging.getLogger("uvicorn.access").disabled = True
-        server.start([model])
+        sock = listening_socket(port)
+        server = ModelServer(
+            http_port=port, workers=1, enable_grpc=False, enable_docs_url=False, enable_latency_logging=False
+        )
+        server.register_model(model)
+        rest = RESTServer(
+            FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port, workers=1
+        )
+        rest.create_application()
+        quiet_logs()
+        asyncio.run(rest._server.serve(sockets=[sock]))
+    '''
+)
+
+BARE_ASGI = SERVER_SETTINGS + textwrap.dedent(
+    '''
+    """(g) The practical limit: uvicorn, orjson, the NumPy forward pass, nothing else."""
+    import asyncio
+    import sys
+
+    import numpy as np
+    import orjson
+    import uvicorn
+
+    sys.path.insert(0, sys.argv[3])
+    from numpy_model import load_forward
+
+    forward = load_forward(sys.argv[2])
+    HEADERS = [(b"content-type", b"application/json")]
+
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if scope["method"] == "GET":
+            answer = b"{}"
+        else:
+            x = np.asarray(orjson.loads(body)["instances"], dtype=np.float32)
+            answer = orjson.dumps({"predictions": forward(x)}, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = [*HEADERS, (b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+
+    if __name__ == "__main__":
+        sock = listening_socket(int(sys.argv[1]))
+        config = uvicorn.Config(app, access_log=False, log_level="warning", lifespan="off")
+        asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+    '''
+)
+
+# The quickstart network as NumPy arrays: the same math as prodml's fast inference path
+# (prodml/plugins/servers/_fastpath.py), importable without TensorFlow (the bare ASGI app
+# and MLServer's runtime use it).
+NUMPY_MODEL = textwrap.dedent(
+    """
+    import json
+
+    import numpy as np
+
+    ACTIVATIONS = {"linear": None, "relu": lambda x: np.maximum(x, 0)}
+
+
+    def load_forward(path):
+        with np.load(path + ".npz") as stored:  # an NpzFile reads the zip on every access
+            arrays = dict(stored)
+        plan = json.load(open(path + ".json"))
+
+        def forward(x):
+            for step in plan:
+                if step["kind"] == "normalization":
+                    x = (x - arrays[step["mean"]]) / arrays[step["scale"]]
+                else:
+                    x = x @ arrays[step["kernel"]] + arrays[step["bias"]]
+                    act = ACTIVATIONS[step["activation"]]
+                    if act is not None:
+                        x = act(x)
+            return x.astype(np.float32, copy=False)
+
+        return forward
+    """
+)
+
+MLSERVER_RUNTIME = textwrap.dedent(
+    '''
+    """(f) MLServer custom runtime: the NumPy forward pass behind MLServer's V2 endpoints."""
+    import os
+    import sys
+
+    from mlserver import MLModel
+    from mlserver.codecs import NumpyCodec
+    from mlserver.types import InferenceRequest, InferenceResponse
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from numpy_model import load_forward
+
+
+    class NumpyForward(MLModel):
+        async def load(self):
+            self.forward = load_forward(self.settings.parameters.uri)
+            return True
+
+        async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+            x = NumpyCodec.decode_input(payload.inputs[0])
+            y = self.forward(x.astype("float32"))
+            output = NumpyCodec.encode_output("prediction", y)
+            return InferenceResponse(model_name=self.name, outputs=[output])
     '''
 )
 
@@ -106,16 +300,17 @@ MLFLOW_SAVE = textwrap.dedent(
 )
 
 
+class WrongAnswer(RuntimeError):
+    """A server answered a benchmark request wrongly (or not at all): the run is invalid."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen | None, timeout: float = 240) -> None:
-    import urllib.error
-    import urllib.request
-
+def wait_http(url: str, proc: subprocess.Popen | None, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -140,64 +335,155 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-# -- load generation -----------------------------------------------------------------------
+def post_json(url: str, body: Any, timeout: float = 30) -> Any:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise WrongAnswer(f"{url} answered {exc.code}: {exc.read()[:300]!r}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise WrongAnswer(f"{url} did not answer: {exc}") from None
 
 
-def run_load(url: str, body: bytes, clients: int, seconds: float) -> dict[str, float]:
-    """req/s, p50 and p99 (ms) of POSTing ``body`` to ``url`` from ``clients`` connections."""
+# -- what a server must answer ----------------------------------------------------------------
+
+
+@dataclass
+class Contestant:
+    """One server and protocol under load, with how to check its answers."""
+
+    label: str
+    url: str
+    body: bytes
+    check: Callable[[], None]
+    one_client: bool = False
+    runs: list[dict[str, float]] = field(default_factory=list)
+    one_client_runs: list[dict[str, float]] = field(default_factory=list)
+
+
+def numbers(answer: Any) -> list[float]:
+    """The predictions of a V1, V2 or MLflow answer as a flat list of floats."""
+    if isinstance(answer, dict) and "outputs" in answer:
+        return [float(v) for v in _flat(answer["outputs"][0]["data"])]
+    if isinstance(answer, dict) and "predictions" in answer:
+        answer = answer["predictions"]
+    rows = [list(r.values()) if isinstance(r, dict) else r for r in answer]
+    return [float(v) for v in _flat(rows)]
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return [x for item in value for x in _flat(item)]
+    return [value]
+
+
+def expect_close(label: str, got: list[float], want: list[float]) -> None:
+    if len(got) != len(want) or any(
+        abs(g - w) > 1e-5 + 1e-4 * max(1.0, abs(w)) for g, w in zip(got, want, strict=True)
+    ):
+        raise WrongAnswer(f"{label}: answered {got[:4]}..., expected {want[:4]}...")
+
+
+def v1_checker(label: str, url: str, rows: list[list[float]], want: list[float]) -> Callable[[], None]:
+    def check() -> None:
+        expect_close(label, numbers(post_json(url, {"instances": rows})), want)
+
+    return check
+
+
+def v2_checker(
+    label: str,
+    url: str,
+    features: list[str],
+    rows: list[list[float]],
+    want: list[float],
+    matrix: bool = False,
+) -> Callable[[], None]:
+    if matrix:
+        body = {"inputs": [{"name": "features", "shape": [len(rows), len(features)], "datatype": "FP32",
+                            "data": [v for r in rows for v in r]}]}  # fmt: skip
+    else:
+        body = {"inputs": [{"name": f, "shape": [len(rows)], "datatype": "FP32", "data": [r[j] for r in rows]}
+                           for j, f in enumerate(features)]}  # fmt: skip
+
+    def check() -> None:
+        expect_close(label, numbers(post_json(url, body)), want)
+
+    return check
+
+
+# -- load generation -------------------------------------------------------------------------
+
+
+def run_load(c: Contestant, clients: int, seconds: float) -> dict[str, float]:
+    """req/s, p50 and p99 (ms) of POSTing ``c.body`` to ``c.url`` from ``clients`` connections.
+
+    Every answer's status must be 200, and a checker thread compares sampled answers with the
+    expected predictions meanwhile; otherwise WrongAnswer.
+    """
+    c.check()  # before: a server that answers wrongly is not measured at all
+    stop_checking = threading.Event()
+    problems: list[str] = []
+
+    def checker() -> None:
+        while not stop_checking.wait(0.25):
+            try:
+                c.check()
+            except WrongAnswer as exc:
+                problems.append(str(exc))
+                return
+
+    thread = threading.Thread(target=checker, daemon=True)
+    thread.start()
+    try:
+        result = (
+            _hey(c, clients, seconds)
+            if shutil.which("hey")
+            else asyncio.run(_async_load(c, clients, seconds))
+        )
+    finally:
+        stop_checking.set()
+        thread.join()
+    if problems:
+        raise WrongAnswer(f"{c.label} under load: {problems[0]}")
+    c.check()
+    return result
+
+
+def _hey(c: Contestant, clients: int, seconds: float) -> dict[str, float]:
     body_file = OUT / "body.json"
-    body_file.write_bytes(body)
-    hey = shutil.which("hey")
-    if hey:
-        # -o csv: one line per request, so percentiles are ours even for a handful of requests
-        started = time.perf_counter()
-        out = subprocess.run(
-            [
-                hey,
-                "-z",
-                f"{seconds}s",
-                "-c",
-                str(clients),
-                "-m",
-                "POST",
-                "-T",
-                "application/json",
-                "-D",
-                str(body_file),
-                "-o",
-                "csv",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        elapsed = time.perf_counter() - started
-        latencies, errors = [], 0
-        for line in out.splitlines()[1:]:
-            fields = line.split(",")
-            if len(fields) < 8:
-                continue
-            if fields[6] != "200":
-                errors += 1
-            latencies.append(float(fields[0]))
-        if errors:
-            print(f"    warning: {errors} non-200 answers from {url}", file=sys.stderr)
-        if not latencies:
-            raise RuntimeError(f"no answers from {url}")
-        duration = max(float(line.split(",")[7]) for line in out.splitlines()[1:] if line.count(",") >= 7)
-        return _summary(sorted(latencies), min(elapsed, max(duration, seconds)), "hey")
-    return asyncio.run(_async_load(url, body, clients, seconds))
+    body_file.write_bytes(c.body)
+    argv = ["hey", "-z", f"{seconds}s", "-c", str(clients), "-m", "POST", "-T", "application/json"]
+    out = subprocess.run(
+        [*argv, "-D", str(body_file), "-o", "csv", c.url], capture_output=True, text=True, check=True
+    ).stdout
+    # -o csv: one line per request (response-time, ..., status-code, offset), so the
+    # percentiles are ours and every status is seen
+    latencies, offsets, statuses = [], [], {}
+    for line in out.splitlines()[1:]:
+        fields = line.split(",")
+        if len(fields) < 8:
+            continue
+        latencies.append(float(fields[0]))
+        offsets.append(float(fields[7]) + float(fields[0]))
+        statuses[fields[6]] = statuses.get(fields[6], 0) + 1
+    bad = {s: n for s, n in statuses.items() if s != "200"}
+    if bad or not latencies:
+        raise WrongAnswer(f"{c.label}: answers other than 200 under load: {bad or 'no answers at all'}")
+    return _summary(sorted(latencies), max(offsets), "hey")
 
 
-async def _async_load(url: str, body: bytes, clients: int, seconds: float) -> dict[str, float]:
+async def _async_load(c: Contestant, clients: int, seconds: float) -> dict[str, float]:
     """Fallback load generator: keep-alive HTTP/1.1 connections, one request in flight each."""
-    host, port_path = url.removeprefix("http://").split(":", 1)
+    host, port_path = c.url.removeprefix("http://").split(":", 1)
     port, path = port_path.split("/", 1)
     request = (
         f"POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+        f"Content-Length: {len(c.body)}\r\n\r\n"
+    ).encode() + c.body
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
@@ -207,6 +493,9 @@ async def _async_load(url: str, body: bytes, clients: int, seconds: float) -> di
             start = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                status = head.split(b"\r\n", 1)[0].decode()
+                raise WrongAnswer(f"{c.label}: answered {status} under load")
             length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
             await reader.readexactly(length)
             latencies.append(time.perf_counter() - start)
@@ -226,11 +515,10 @@ def _summary(latencies: list[float], elapsed: float, tool: str) -> dict[str, Any
         "p50_ms": pct(0.5),
         "p99_ms": pct(0.99),
         "requests": len(latencies),
-        "tool": tool,
     }
 
 
-# -- the servers ----------------------------------------------------------------------------
+# -- the model ----------------------------------------------------------------------------------
 
 
 def train_bundle() -> Path:
@@ -262,9 +550,37 @@ def train_bundle() -> Path:
     return bundle
 
 
-def in_process_inference_ms(bundle: Path, row: list[float]) -> tuple[float, float, str]:
-    """Median ms per one-row call in this process: the compiled TF function, and the path the
-    server chose for this model (the same choice ``_model.choose_inference`` makes at load)."""
+def export_numpy_model(model: Any, path: Path) -> None:
+    """The network's weights as .npz plus a .json plan (Normalization and Dense layers only)."""
+    import numpy as np
+
+    arrays: dict[str, Any] = {}
+    plan: list[dict[str, str]] = []
+    for i, layer in enumerate(model.layers):
+        kind = type(layer).__name__
+        if kind == "InputLayer":
+            continue
+        if kind == "Normalization":
+            arrays[f"mean{i}"] = np.asarray(layer.mean, np.float32)
+            arrays[f"scale{i}"] = np.maximum(np.sqrt(np.asarray(layer.variance, np.float32)), 1e-7)
+            plan.append({"kind": "normalization", "mean": f"mean{i}", "scale": f"scale{i}"})
+        elif kind == "Dense":
+            arrays[f"kernel{i}"] = np.asarray(layer.kernel, np.float32)
+            arrays[f"bias{i}"] = np.asarray(layer.bias, np.float32)
+            activation = layer.activation.__name__
+            plan.append(
+                {"kind": "dense", "kernel": f"kernel{i}", "bias": f"bias{i}", "activation": activation}
+            )
+        else:
+            raise SystemExit(f"the bench's NumPy model does not know layer {kind}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(f"{path}.npz", **arrays)
+    Path(f"{path}.json").write_text(json.dumps(plan))
+    (path.parent / "numpy_model.py").write_text(NUMPY_MODEL)
+
+
+def in_process(bundle: Path, row: list[float], rows: list[list[float]]) -> dict[str, Any]:
+    """Reference predictions, and the median ms per one-row call of TF and of the served path."""
     import numpy as np
     import tensorflow as tf
 
@@ -273,6 +589,7 @@ def in_process_inference_ms(bundle: Path, row: list[float]) -> tuple[float, floa
     from prodml.plugins.trainers.keras import load_bundle
 
     model, _ = load_bundle(bundle)
+    export_numpy_model(model, OUT / "numpy" / "model")
     fn = tf.function(
         lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, len(row)], tf.float32)]
     ).get_concrete_function()
@@ -293,7 +610,17 @@ def in_process_inference_ms(bundle: Path, row: list[float]) -> tuple[float, floa
             times.append(time.perf_counter() - start)
         return statistics.median(times) * 1000
 
-    return median_ms(tf_infer), median_ms(served), path
+    reference = np.asarray(model(np.asarray(rows, dtype=np.float32), training=False))
+    return {
+        "tf_ms": median_ms(tf_infer),
+        "served_ms": median_ms(served),
+        "path": path,
+        "one_row": [float(v) for v in np.asarray(model(x, training=False)).ravel()],
+        "rows": [float(v) for v in reference.ravel()],
+    }
+
+
+# -- the servers ----------------------------------------------------------------------------------
 
 
 def start_prodml(bundle: Path) -> tuple[Any, Any]:
@@ -308,23 +635,37 @@ def start_prodml(bundle: Path) -> tuple[Any, Any]:
     return server, server.deploy(ref, store)
 
 
-def start_baseline(kind: str, bundle: Path) -> tuple[subprocess.Popen, str]:
-    script = OUT / "baseline_server.py"
-    script.write_text(BASELINE_SERVER)
+def start_kserve_baseline(kind: str, bundle: Path) -> tuple:
+    script = OUT / "kserve_baselines.py"
+    script.write_text(KSERVE_BASELINES)
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(script), kind, str(port), str(bundle / "model.keras")],
-        stdout=open(OUT / f"{kind}.log", "wb"),  # noqa: SIM115 - the child owns it
+        stdout=open(OUT / f"kserve-{kind}.log", "wb"),  # noqa: SIM115 - the child owns it
         stderr=subprocess.STDOUT,
         start_new_session=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/v2/models/{NAME}/ready", proc)
-    return proc, f"{url}/v1/models/{NAME}:predict"
+    return proc, url, f"{url}/v2/models/{NAME}/ready"
 
 
-def start_mlflow(bundle: Path) -> tuple[subprocess.Popen, str] | None:
+def start_bare_asgi() -> tuple:
+    script = OUT / "bare_asgi.py"
+    script.write_text(BARE_ASGI)
+    port = free_port()
+    numpy_dir = OUT / "numpy"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(port), str(numpy_dir / "model"), str(numpy_dir)],
+        stdout=open(OUT / "bare-asgi.log", "wb"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    return proc, url, f"{url}/"
+
+
+def start_mlflow(bundle: Path) -> tuple | None:
     python = MLFLOW_VENV / "bin" / "python"
     if not python.exists():
         print(
@@ -345,55 +686,106 @@ def start_mlflow(bundle: Path) -> tuple[subprocess.Popen, str] | None:
         capture_output=True,
     )
     port = free_port()
+    argv = [
+        str(MLFLOW_VENV / "bin" / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        str(model_dir),
+        "--env-manager",
+        "local",
+    ]
     proc = subprocess.Popen(
-        [
-            str(MLFLOW_VENV / "bin" / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            str(model_dir),
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "1",
-        ],
+        [*argv, "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
         stdout=open(OUT / "mlflow.log", "wb"),  # noqa: SIM115 - the child owns it
         stderr=subprocess.STDOUT,
         start_new_session=True,
         env={**env, "PATH": f"{MLFLOW_VENV / 'bin'}:{os.environ.get('PATH', '')}"},
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/ping", proc)
-    return proc, f"{url}/invocations"
+    return proc, url, f"{url}/ping"
+
+
+def start_mlserver() -> tuple | None:
+    mlserver = MLSERVER_VENV / "bin" / "mlserver"
+    if not mlserver.exists():
+        print(
+            f"  (f) skipped: no MLServer virtualenv; create it with\n"
+            f"      python -m venv {MLSERVER_VENV} &&\n"
+            f"      {MLSERVER_VENV}/bin/pip install -r {HERE}/requirements-mlserver.txt"
+        )
+        return None
+    folder = OUT / "mlserver"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "runtime.py").write_text(MLSERVER_RUNTIME)
+    (folder / "numpy_model.py").write_text(NUMPY_MODEL)
+    port = free_port()
+    settings = {
+        "host": "127.0.0.1",
+        "http_port": port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "parallel_workers": 0,
+        "debug": False,
+        "logging_level": "WARNING",
+        "metrics_endpoint": None,
+    }
+    (folder / "settings.json").write_text(json.dumps(settings))
+    model = {
+        "name": NAME,
+        "implementation": "runtime.NumpyForward",
+        "parameters": {"uri": str(OUT / "numpy" / "model")},
+    }
+    (folder / "model-settings.json").write_text(json.dumps(model))
+    proc = subprocess.Popen(
+        [str(mlserver), "start", str(folder)],
+        cwd=str(folder),
+        stdout=open(OUT / "mlserver.log", "wb"),  # noqa: SIM115 - the child owns it
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    return proc, url, f"{url}/v2/models/{NAME}/ready"
 
 
 # -- main -----------------------------------------------------------------------------------
 
 
+def spread(values: list[float], fmt: str = ".0f") -> str:
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 s per server instead of 15")
-    parser.add_argument("--seconds", type=float, default=None, help="load duration per server")
+    parser.add_argument("--quick", action="store_true", help="4 s per server and round instead of 10")
+    parser.add_argument("--seconds", type=float, default=None, help="load duration per server and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each in a new shuffled order (>= 3)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the shuffles (default: random)")
     args = parser.parse_args()
-    seconds = args.seconds or (4 if args.quick else 15)
-    one_client_seconds = max(3.0, seconds / 3)
+    seconds = args.seconds or (4 if args.quick else 10)
+    one_client_seconds = max(3.0, seconds / 2)
+    rounds = max(3, args.rounds)
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    shuffler = random.Random(args.seed)
 
     print(
-        f"serve benchmark: {args.clients} clients x {seconds:.0f} s per server, load from "
-        f"{'hey' if shutil.which('hey') else 'an asyncio client'}"
+        f"serve benchmark: {args.clients} clients x {seconds:.0f} s per server, {rounds} shuffled rounds, "
+        f"load from {'hey' if shutil.which('hey') else 'an asyncio client'}; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the start",
+        flush=True,
     )
     bundle = train_bundle()
     meta = json.loads((bundle / "prodml.json").read_text())
     features = [f["name"] for f in meta["features"]]
     row = [0.25, -0.5, 0.75, 0.1, -0.3][: len(features)]
+    sample = [[round(random.Random(i).uniform(-2, 2), 3) for _ in features] for i in range(6)]
+    ref = in_process(bundle, row, sample)
     v1_body = json.dumps({"instances": [row]}).encode()
     v2_body = json.dumps(
         {
@@ -403,78 +795,140 @@ def main() -> int:
             ]
         }
     ).encode()
-    tf_ms, inference_ms, inference_path = in_process_inference_ms(bundle, row)
 
-    results: dict[str, dict[str, float]] = {}
-    server, endpoint = start_prodml(bundle)
+    processes: list[subprocess.Popen] = []
+    contestants: list[Contestant] = []
+    prodml_server = None
     try:
-        v1_url = f"{endpoint.url}/v1/models/{NAME}:predict"
-        v2_url = f"{endpoint.url}/v2/models/{NAME}/infer"
-        run_load(v1_url, v1_body, args.clients, 2)  # warm-up
-        results["(a) prodml kserve V1"] = run_load(v1_url, v1_body, args.clients, seconds)
-        results["(a) prodml kserve V2"] = run_load(v2_url, v2_body, args.clients, seconds)
-        one_v1 = run_load(v1_url, v1_body, 1, one_client_seconds)
-        one_v2 = run_load(v2_url, v2_body, 1, one_client_seconds)
-    finally:
-        server.undeploy(NAME)
-    for kind, label in (("predict", "(b) kserve model.predict"), ("constant", "(d) kserve constant")):
-        proc, url = start_baseline(kind, bundle)
-        try:
-            run_load(url, v1_body, args.clients, 2)
-            results[label] = run_load(url, v1_body, args.clients, seconds)
-            if kind == "constant":
-                one_constant = run_load(url, v1_body, 1, one_client_seconds)
-        finally:
-            stop(proc)
-    if not args.skip_mlflow:
-        started = start_mlflow(bundle)
-        if started:
-            proc, url = started
-            try:
-                run_load(url, v1_body, args.clients, 2)
-                results["(c) mlflow models serve"] = run_load(url, v1_body, args.clients, seconds)
-            finally:
-                stop(proc)
-
-    a = results["(a) prodml kserve V1"]["rps"]
-    print(f"\n{'server':<28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'(a) V1 / this':>14}")
-    for label, r in results.items():
-        print(f"{label:<28} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {a / r['rps']:>13.2f}x")
-    print("\ntargets:")
-    b = results["(b) kserve model.predict"]["rps"]
-    d = results["(d) kserve constant"]["rps"]
-    print(f"  (a)/(b) = {a / b:.1f}x  (target >= 25x)")
-    if "(c) mlflow models serve" in results:
-        print(f"  (a)/(c) = {a / results['(c) mlflow models serve']['rps']:.1f}x  (target >= 25x)")
-    print(f"  (a)/(d) = {a / d:.2f}x  (target >= 0.6x)")
-    p99_v1 = results["(a) prodml kserve V1"]["p99_ms"]
-    print(
-        f"  (a) p99 at batch 1, {args.clients} clients: V1 {p99_v1:.2f} ms, "
-        f"V2 {results['(a) prodml kserve V2']['p99_ms']:.2f} ms  (target < 10 ms)"
-    )
-    print("\none client (no queueing):")
-    print(f"  in-process, 1 row: TF concrete function {tf_ms:.3f} ms; served path {inference_ms:.3f} ms")
-    print(f"  (served path: {inference_path})")
-    for label, r in (("(a) V1", one_v1), ("(a) V2", one_v2), ("(d) constant", one_constant)):
-        print(
-            f"  {label:<13} p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
-            f"p50 - inference {r['p50_ms'] - inference_ms:.2f} ms"
+        prodml_server, endpoint = start_prodml(bundle)
+        base = endpoint.url
+        v1, v2 = f"{base}/v1/models/{NAME}:predict", f"{base}/v2/models/{NAME}/infer"
+        contestants.append(
+            Contestant("(a) prodml V1", v1, v1_body, v1_checker("(a) V1", v1, sample, ref["rows"]), True)
         )
+        contestants.append(
+            Contestant(
+                "(a) prodml V2", v2, v2_body, v2_checker("(a) V2", v2, features, sample, ref["rows"]), True
+            )
+        )
+        starting: list[tuple[str, tuple]] = [
+            ("(b) kserve model.predict", start_kserve_baseline("predict", bundle)),
+            ("(d) kserve constant", start_kserve_baseline("constant", bundle)),
+            ("(e) kserve tf.function", start_kserve_baseline("tf_function", bundle)),
+            ("(g) bare ASGI (limit)", start_bare_asgi()),
+        ]
+        if not args.skip_mlflow and (started := start_mlflow(bundle)):
+            starting.append(("(c) mlflow models serve", started))
+        if not args.skip_mlserver and (started := start_mlserver()):
+            starting.append(("(f) mlserver V2", started))
+        for label, (proc, url, ready) in starting:
+            processes.append(proc)
+            try:
+                wait_http(ready, proc)
+            except RuntimeError as exc:
+                print(f"  {label} skipped: {exc} (see the logs in {OUT})")
+                continue
+            if label.startswith("(f)"):
+                target = f"{url}/v2/models/{NAME}/infer"
+                check = v2_checker(label, target, features, sample, ref["rows"], matrix=True)
+                body = json.dumps({"inputs": [{"name": "features", "shape": [1, len(row)], "datatype": "FP32",
+                                               "data": row}]}).encode()  # fmt: skip
+            else:
+                target = (
+                    f"{url}/invocations" if label.startswith("(c)") else f"{url}/v1/models/{NAME}:predict"
+                )
+                if label.startswith("(g)"):
+                    target = f"{url}/predict"
+                want = [0.0] * len(sample) if label.startswith("(d)") else ref["rows"]
+                if label.startswith("(d)"):
+                    check = v1_checker(label, target, sample, [0.0])  # the constant answers one row
+                else:
+                    check = v1_checker(label, target, sample, want)
+                body = v1_body
+            contestants.append(
+                Contestant(label, target, body, check, one_client=label.startswith(("(d)", "(e)", "(g)")))
+            )
+
+        for contestant in contestants:  # warm-up, untimed (first connections, lazy imports)
+            run_load(contestant, args.clients, 2)
+        for number in range(1, rounds + 1):
+            order = contestants[:]
+            shuffler.shuffle(order)
+            print(
+                f"round {number}/{rounds}: {', '.join(c.label.split(' ', 1)[0] for c in order)}", flush=True
+            )
+            for contestant in order:
+                contestant.runs.append(run_load(contestant, args.clients, seconds))
+            singles = [c for c in order if c.one_client]
+            for contestant in singles:
+                contestant.one_client_runs.append(run_load(contestant, 1, one_client_seconds))
+    finally:
+        if prodml_server is not None:
+            prodml_server.undeploy(NAME)
+        for proc in processes:
+            stop(proc)
+
+    by_label = {c.label: c for c in contestants}
+    a_v1 = statistics.median(r["rps"] for r in by_label["(a) prodml V1"].runs)
+    print(f"\n{args.clients} clients, batch 1: median [min-max] over {rounds} rounds")
+    print(f"{'server':<26} {'req/s':>18} {'p50 ms':>18} {'p99 ms':>18} {'(a) V1 / this':>14}")
+    for c in sorted(contestants, key=lambda c: c.label):
+        rps = [r["rps"] for r in c.runs]
+        print(
+            f"{c.label:<26} {spread(rps):>18} {spread([r['p50_ms'] for r in c.runs], '.2f'):>18} "
+            f"{spread([r['p99_ms'] for r in c.runs], '.2f'):>18} {a_v1 / statistics.median(rps):>13.2f}x"
+        )
+
+    def rps(label: str) -> float | None:
+        c = by_label.get(label)
+        return statistics.median(r["rps"] for r in c.runs) if c else None
+
+    a_v2, b, d, g = (
+        rps("(a) prodml V2"),
+        rps("(b) kserve model.predict"),
+        rps("(d) kserve constant"),
+        rps("(g) bare ASGI (limit)"),
+    )
+    p99_v1 = statistics.median(r["p99_ms"] for r in by_label["(a) prodml V1"].runs)
+    print("\ntargets (medians):")
+    if d:
+        print(f"  (a) V1 / (d) constant = {a_v1 / d:.2f}x  (target >= 3x)")
+        print(f"  (a) V2 / (d) constant = {a_v2 / d:.2f}x  (target >= 2x)")
+    if g:
+        print(f"  (a) V1 / (g) bare ASGI = {a_v1 / g:.2f}x  (target >= 0.6x)")
+    if b:
+        print(f"  (a) V1 / (b) model.predict = {a_v1 / b:.1f}x  (target >= 25x)")
+    if c_ := rps("(c) mlflow models serve"):
+        print(f"  (a) V1 / (c) mlflow = {a_v1 / c_:.1f}x  (target >= 25x)")
+    print(f"  (a) V1 p99 at batch 1, {args.clients} clients: {p99_v1:.2f} ms  (target < 5 ms)")
+    print("\none client (no queueing), median [min-max] over rounds:")
+    print(
+        f"  in-process, 1 row: TF concrete function {ref['tf_ms']:.3f} ms; "
+        f"served path {ref['served_ms']:.3f} ms"
+    )
+    print(f"  (served path: {ref['path']})")
+    for c in contestants:
+        if c.one_client_runs:
+            p50 = [r["p50_ms"] for r in c.one_client_runs]
+            extra = ""
+            if c.label.startswith("(a)"):
+                added = [p - ref["served_ms"] for p in p50]
+                extra = f"  p50 - inference {spread(added, '.3f')} ms (target <= 0.3 ms)"
+            print(f"  {c.label:<26} p50 {spread(p50, '.3f')} ms{extra}")
     report = {
         "clients": args.clients,
         "seconds": seconds,
-        "results": results,
-        "one_client": {"a_v1": one_v1, "a_v2": one_v2, "d_constant": one_constant},
-        "in_process_inference_ms": inference_ms,
-        "in_process_tf_function_ms": tf_ms,
-        "inference_path": inference_path,
+        "rounds": rounds,
+        "results": {c.label: c.runs for c in contestants},
+        "one_client": {c.label: c.one_client_runs for c in contestants if c.one_client_runs},
+        "in_process_inference_ms": ref["served_ms"],
+        "in_process_tf_function_ms": ref["tf_ms"],
+        "inference_path": ref["path"],
         "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
+        "load_average_at_end": os.getloadavg(),
     }
     (OUT.parent / "serve.json").write_text(json.dumps(report, indent=2))
-    print(
-        f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine)"
-    )
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine)")
     return 0
 
 
