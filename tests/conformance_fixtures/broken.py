@@ -53,6 +53,8 @@ class UnverifiedPushStore(DirStore):
         # and no check of what landed either
         version = new_version_id(bundle_dir)
         target = self._version_dir(model_name, version)
+        if target.exists():
+            return self._existing(model_name, version, digest)
         target.mkdir(parents=True)
         for rel in bundle_files(bundle_dir):
             (target / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -8,13 +8,14 @@ import new_version_id``), which the store suite must not care about.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -39,6 +40,9 @@ from prodml.plugin import (
 )
 
 LATEST = "latest.json"
+MOVE_REASONS = ("export", "promote", "rollback", "force-promote")
+#: ``expect`` default of move_latest: move from whatever latest is (ModelStore.CURRENT when defined)
+_CURRENT: object = getattr(ModelStore, "CURRENT", object())
 
 
 class DirStoreConfig(PluginConfig):
@@ -94,21 +98,35 @@ class DirStore(ModelStore):
 
     def push(self, bundle_dir: Path, model_name: str, *, latest: bool = True) -> ModelRef:
         bundle_dir = Path(bundle_dir)
-        model_dir = self._model_dir(model_name)
+        self._model_dir(model_name)  # checks the name
         self._check_bundle(bundle_dir)
         digest = sha256_file(bundle_dir / MANIFEST)
         version = self._identical(model_name, digest) or self._store(bundle_dir, model_name, digest)
-        if latest:
-            (model_dir / LATEST).write_text(json.dumps({"version": version}), encoding="utf-8")
+        if latest and self._latest(model_name) != version:
+            self._move(model_name, version, reason="export", run_id=None, expect=_CURRENT)
         return self._ref(model_name, version)
+
+    def _existing(self, model_name: str, version: str, digest: str) -> str:
+        """A version folder already holds ``version``: the same content, or refuse."""
+        target = self._version_dir(model_name, version)
+        if (target / MANIFEST).is_file():
+            if sha256_file(target / MANIFEST) == digest:
+                return version  # another push of this bundle got there first
+            raise StoreError(
+                f"version {version} of {model_name!r} exists with other content; never overwritten",
+                hint="push again in a second (version ids carry the time)",
+            )
+        raise StoreError(
+            f"version {version} of {model_name!r} is an incomplete version with other files; "
+            "never overwritten",
+            hint=f"push again in a second (version ids carry the time), or delete {target}",
+        )
 
     def _store(self, bundle_dir: Path, model_name: str, digest: str) -> str:
         version = new_version_id(bundle_dir)
         target = self._version_dir(model_name, version)
         if target.exists():
-            raise StoreError(
-                f"version {version} of {model_name!r} exists with other content; never overwritten"
-            )
+            return self._existing(model_name, version, digest)
         staging = target.parent / f".staging-{uuid.uuid4().hex}"
         staging.mkdir(parents=True)
         try:
@@ -117,10 +135,77 @@ class DirStore(ModelStore):
                 shutil.copyfile(bundle_dir / rel, staging / rel)
             shutil.copyfile(bundle_dir / MANIFEST, staging / MANIFEST)
             verify_bundle(staging)
-            staging.rename(target)
+            try:
+                staging.rename(target)  # atomic; fails when the folder appeared meanwhile
+            except OSError:
+                return self._existing(model_name, version, digest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return version
+
+    # -- latest: one pointer file, moved under a lock, every move recorded ---------------------
+
+    def _latest(self, model_name: str) -> str | None:
+        pointer = self._model_dir(model_name) / LATEST
+        return json.loads(pointer.read_text(encoding="utf-8"))["version"] if pointer.is_file() else None
+
+    def _move(
+        self, model_name: str, version: str, *, reason: str, run_id: str | None, expect: object
+    ) -> dict:
+        if reason not in MOVE_REASONS:
+            raise StoreError(
+                f"unknown reason {reason!r} for moving latest; one of: {', '.join(MOVE_REASONS)}"
+            )
+        model_dir = self._model_dir(model_name)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        with open(model_dir / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            current = self._latest(model_name)
+            if expect is not _CURRENT and expect != current:
+                raise StoreError(
+                    f"latest of {model_name!r} is {current or 'unset'}, not {expect or 'unset'}: "
+                    "it was moved meanwhile, so nothing was changed"
+                )
+            if version not in self._complete(model_name):
+                raise StoreError(f"version {version} of {model_name!r} is not stored")
+            history = model_dir / "history"
+            history.mkdir(exist_ok=True)
+            move = {
+                "at": datetime.now(UTC).isoformat(),
+                "model_name": model_name,
+                "from_version": current,
+                "to_version": version,
+                "reason": reason,
+                "run_id": run_id,
+            }
+            seq = len(list(history.glob("*.json"))) + 1
+            (history / f"{seq:010d}.json").write_text(json.dumps(move), encoding="utf-8")
+            tmp = model_dir / f".{LATEST}.{uuid.uuid4().hex}"
+            tmp.write_text(json.dumps({"version": version}), encoding="utf-8")
+            tmp.replace(model_dir / LATEST)
+        return move
+
+    def move_latest(
+        self,
+        model_name: str,
+        version: str,
+        *,
+        reason: str,
+        run_id: str | None = None,
+        expect: object = _CURRENT,
+    ) -> Any:
+        from prodml.plugin import LatestMove
+
+        return LatestMove.model_validate(
+            self._move(model_name, version, reason=reason, run_id=run_id, expect=expect)
+        )
+
+    def latest_history(self, model_name: str) -> list[Any]:
+        from prodml.plugin import LatestMove
+
+        history = self._model_dir(model_name) / "history"
+        files = sorted(history.glob("*.json")) if history.is_dir() else []
+        return [LatestMove.model_validate_json(f.read_text(encoding="utf-8")) for f in files]
 
     def _names(self, manifest_text: str, where: str) -> dict[str, str]:
         return parse_manifest(manifest_text, source=where)  # refuses names leaving the folder
@@ -159,10 +244,10 @@ class DirStore(ModelStore):
 
     def resolve(self, model_name: str, version: str = "latest") -> ModelRef:
         if version == "latest":
-            pointer = self._model_dir(model_name) / LATEST
-            if not pointer.is_file():
+            found = self._latest(model_name)
+            if found is None:
                 raise StoreError(f"no latest version of {model_name!r}")
-            version = json.loads(pointer.read_text(encoding="utf-8"))["version"]
+            version = found
         if version not in self._complete(model_name):
             raise StoreError(f"version {version} of {model_name!r} is not stored")
         return self._ref(model_name, version)
@@ -171,8 +256,7 @@ class DirStore(ModelStore):
         return datetime.strptime(version.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
     def versions(self, model_name: str) -> list[ModelVersion]:
-        pointer = self._model_dir(model_name) / LATEST
-        latest = json.loads(pointer.read_text(encoding="utf-8"))["version"] if pointer.is_file() else None
+        latest = self._latest(model_name)
         found = []
         for version in self._complete(model_name):
             folder = self._version_dir(model_name, version)
