@@ -81,6 +81,11 @@ class TrainSpec(Value):
     model_name: str
     schema_: DatasetSchema = Field(alias="schema")
     config_digest: str = ""
+    project: Mapping[str, Any] | None = Field(
+        None,
+        description="the whole config without its secrets (ProdmlConfig.public_dict()), for "
+        "trainers that start work elsewhere (a cluster training job builds its store from it)",
+    )
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

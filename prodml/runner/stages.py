@@ -121,7 +121,12 @@ def train(
             hint="bundles are never overwritten; remove it or start a new run",
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    spec = TrainSpec(model_name=config.model_name, schema=schema, config_digest=config.model_digest())
+    spec = TrainSpec(
+        model_name=config.model_name,
+        schema=schema,
+        config_digest=config.model_digest(),
+        project=config.public_dict(),
+    )
     trainer = _create(registry, "trainer", config)
     result = trainer.train(frame, spec, out_dir)
     log.info("train: bundle %s, metrics %s", result.bundle_dir, dict(result.metrics))

@@ -45,6 +45,8 @@ class WorkerContext:
         spec = json.loads(os.environ["TF_CONFIG"])
         self.index = int(spec["task"]["index"])
         self.workers = len(spec["cluster"]["worker"])
+        #: the TFJob this worker belongs to (on a cluster), recorded in the bundle's lineage
+        self.job = os.environ.get("PRODML_TRAIN_JOB")
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=communication_timeout)
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 

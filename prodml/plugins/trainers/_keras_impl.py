@@ -178,7 +178,13 @@ def train(
             "custom_code": custom,
             **({"code_module": user.module.__name__} if custom else {}),
             **(
-                {"distributed": {"workers": worker.workers, "strategy": "multi_worker_mirrored"}}
+                {
+                    "distributed": {
+                        "workers": worker.workers,
+                        "strategy": "multi_worker_mirrored",
+                        **({"job": worker.job} if worker.job else {}),
+                    }
+                }
                 if worker is not None
                 else {}
             ),
