@@ -254,6 +254,23 @@ class Trainer(abc.ABC):
         ``out_dir`` must not exist; it appears (atomically) only when the bundle is whole.
         """
 
+    def cluster_manifests(self, project: ProdmlConfig) -> list[dict[str, Any]]:
+        """Kubernetes objects the train step creates when it runs on a cluster (default: none).
+
+        Rendered without data (placeholders where the run fills in values), so
+        ``prodml compile`` and ``prodml k8s manifests --check`` can validate them against the
+        cluster's schemas before anything runs.
+        """
+        return []
+
+    def uses_store(self, project: ProdmlConfig) -> bool:
+        """Whether the train step itself needs the model store (and so its credentials in a pod).
+
+        True for a trainer that hands the bundle over through the store, like a cluster
+        training job whose chief pushes it; default False.
+        """
+        return False
+
 
 class ModelStore(abc.ABC):
     """Keeps immutable, versioned model bundles.

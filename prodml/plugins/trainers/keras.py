@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from prodml.core.bundle import BundleMetadata
+    from prodml.core.config import ProdmlConfig
 
 #: Function looked up when ``model:`` names only a file.
 DEFAULT_FUNCTIONS = ("build_model", "train")
@@ -167,6 +168,22 @@ class KerasTrainer(Trainer):
         from prodml.plugins.trainers import _keras_impl
 
         return _keras_impl.train(self.config, frame, spec, Path(out_dir))
+
+    def _cluster_job(self, project: ProdmlConfig) -> bool:
+        dist = self.config.distributed
+        return dist is not None and dist.enabled and dist.backend != "processes"
+
+    def cluster_manifests(self, project: ProdmlConfig) -> list[dict[str, Any]]:
+        """The TFJob of distributed training (``trainer.distributed``), dataset left as a placeholder."""
+        if not self._cluster_job(project):
+            return []
+        from prodml.plugins.trainers import tfjob
+
+        return [tfjob.render_offline(project)]
+
+    def uses_store(self, project: ProdmlConfig) -> bool:
+        """A TFJob's chief pushes the bundle to the store; the train step pulls it back."""
+        return self._cluster_job(project)
 
 
 def load_bundle(bundle_dir: Path, *, trust_model_code: bool = False) -> tuple[keras.Model, BundleMetadata]:

@@ -149,6 +149,20 @@ def render(
     }
 
 
+#: What stands for the dataset fingerprint in a job rendered before any data was fetched.
+DATASET_PLACEHOLDER = "<sha256 of the fetched dataset>"
+
+
+def render_offline(project: ProdmlConfig) -> dict[str, Any]:
+    """The TFJob as the train step would create it, before any data exists (for checks)."""
+    return render(
+        project,
+        name=job_name(project.model_name, "0000abcd"),
+        namespace=getattr(project.server, "namespace", None) or "default",
+        dataset_sha256=DATASET_PLACEHOLDER,
+    )
+
+
 def _label(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", value)[:63].strip("-_.") or "model"
 
