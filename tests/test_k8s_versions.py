@@ -40,6 +40,7 @@ def test_kind_md_installs_exactly_the_pinned_versions() -> None:
     cert_manager = re.findall(r"cert-manager/releases/download/([^/]+)/", text)
     assert cert_manager == [versions.CERT_MANAGER_VERSION]
     assert re.findall(r"--image=(\S+)", text) == [versions.MINIO_IMAGE]
+    assert re.findall(r"TRAINING_OPERATOR_VERSION=(\S+)", text) == [versions.TRAINING_OPERATOR_VERSION]
     assert "minio:latest" not in text
 
 
@@ -67,5 +68,8 @@ def test_versions_are_well_formed_and_the_schema_data_matches_them() -> None:
     assert set(cluster_check.CRD_SCHEMAS.values()) | {cluster_check.KFP_PROTOS} <= files
     readme = (REPO / "prodml" / "core" / "cluster_schemas" / "README.md").read_text(encoding="utf-8")
     assert f"tag `{versions.KSERVE_VERSION}`" in readme and f"tag `{versions.KFP_BACKEND_VERSION}`" in readme
+    assert f"tag `{versions.TRAINING_OPERATOR_VERSION}`" in readme
+    tfjob = cluster_check.crd_schema("kubeflow.org/v1", "TFJob")
+    assert tfjob is not None and "tfReplicaSpecs" in tfjob["properties"]["spec"]["properties"]
     schema = cluster_check.crd_schema("serving.kserve.io/v1beta1", "InferenceService")
     assert schema is not None and "canary" in schema["properties"]["spec"]["properties"]

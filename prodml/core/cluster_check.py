@@ -41,6 +41,7 @@ CRD_SCHEMAS: dict[tuple[str, str], str] = {
         "serving.kserve.io/v1beta1",
         "InferenceService",
     ): f"kserve-{versions.KSERVE_VERSION}-inferenceservice.json.gz",
+    ("kubeflow.org/v1", "TFJob"): f"training-operator-{versions.TRAINING_OPERATOR_VERSION}-tfjob.json.gz",
 }
 
 #: The KFP backend's proto field tables (message -> field -> [json name, type, label]).

@@ -43,6 +43,12 @@ MINIO_IMAGE = "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
 #: Secret and ServiceAccount are checked against: kind v0.30's default node image.
 KUBERNETES_SCHEMA_VERSION = "1.34.0"
 
+#: Kubeflow Training Operator, whose TFJob (``kubeflow.org/v1``) runs distributed training
+#: (``trainer.distributed``) on a cluster: it writes each worker's ``TF_CONFIG``, which
+#: MultiWorkerMirroredStrategy needs and Kubeflow Trainer v2 does not provide. v1.9.0 is the
+#: newest release tag; the project maintains v1 on its release-1.9 branch.
+TRAINING_OPERATOR_VERSION = "v1.9.0"
+
 #: Every pinned version by name, for docs and ``prodml k8s manifests --check`` output.
 PINNED: dict[str, str] = {
     "kfp_backend": KFP_BACKEND_VERSION,
@@ -52,4 +58,5 @@ PINNED: dict[str, str] = {
     "cert_manager": CERT_MANAGER_VERSION,
     "minio_image": MINIO_IMAGE,
     "kubernetes_schema": KUBERNETES_SCHEMA_VERSION,
+    "training_operator": TRAINING_OPERATOR_VERSION,
 }

@@ -90,7 +90,9 @@ def step_environment(config: "ProdmlConfig", stage: str) -> "list[SecretEnv]":
             SecretEnv(env=env, secret_name=secret_name, secret_key=key)
             for key, env in settings.secret_env.items()
         ]
-    if "store" not in STAGE_ROLES.get(stage, ()) or config.section("store") is None:
+    if config.section("store") is None or not (
+        "store" in STAGE_ROLES.get(stage, ()) or (stage == "train" and _trainer_uses_store(config))
+    ):
         return []
     store = _store(config)
     try:
@@ -101,6 +103,15 @@ def step_environment(config: "ProdmlConfig", stage: str) -> "list[SecretEnv]":
             "does not say which of its keys a pipeline pod needs (it has no pod_environment)",
             hint="set runner.secret_env: {SECRET_KEY: ENV_VAR, ...}",
         ) from None
+
+
+def _trainer_uses_store(config: "ProdmlConfig") -> bool:
+    """Whether the train step hands the bundle over through the store (a cluster training job)."""
+    from prodml.core.plugins import default_registry
+
+    if config.section("trainer") is None:
+        return False
+    return default_registry().create("trainer", config.section("trainer")).uses_store(config)
 
 
 def _store(config: "ProdmlConfig") -> Any:
@@ -200,9 +211,17 @@ def check_compiled(text: str, config: "ProdmlConfig") -> list[str]:
     docs = [d for d in yaml.safe_load_all(text) if d is not None]
     cluster_check.raise_for(cluster_check.check_pipeline(docs), "the compiled pipeline", file=_file(config))
     notes: list[str] = []
+    registry = default_registry()
+    if "train" in config.stages and config.section("trainer") is not None:
+        # a cluster training job (a TFJob for trainer.distributed) is checked like the serve objects
+        trainer = registry.create("trainer", config.section("trainer"))
+        cluster_check.raise_for(
+            cluster_check.check_objects(trainer.cluster_manifests(config)),
+            "the train step's Kubernetes objects",
+            file=_file(config),
+        )
     if "serve" not in config.stages or config.section("server") is None or config.section("store") is None:
         return notes
-    registry = default_registry()
     try:
         server = registry.create("server", config.section("server"))
         store = registry.create("store", config.section("store"))

@@ -255,7 +255,14 @@ def _predictor(server: Any, plan: ClusterPlan, access: StorageAccess | None, *, 
     if canary:
         # KServe refuses maxReplicas on a canary and minReplicas above the stable one's
         predictor["name"] = f"{plan.model_name}-canary"
-        predictor["min_replicas"] = min(1, server.min_replicas)
+        stable_min = server.autoscaling.min_replicas if server.autoscaling else server.min_replicas
+        predictor["min_replicas"] = min(1, stable_min)
+    elif server.autoscaling is not None:
+        scaling = server.autoscaling
+        predictor["min_replicas"] = scaling.min_replicas
+        predictor["max_replicas"] = scaling.max_replicas
+        predictor["scale_metric"] = scaling.metric
+        predictor["scale_target"] = scaling.target
     else:
         predictor["min_replicas"] = server.min_replicas
         predictor["max_replicas"] = server.max_replicas

@@ -241,13 +241,20 @@ def manifests_command(args: argparse.Namespace) -> int:
         version=getattr(args, "model_version", None),
         offline=bool(getattr(args, "offline", False)),
     )
+    if config.section("trainer") is not None:
+        # what the train step creates on the cluster (a TFJob for trainer.distributed), first
+        from prodml.core.plugins import default_registry
+
+        trainer = default_registry().create("trainer", config.section("trainer"))
+        docs = [*trainer.cluster_manifests(config), *docs]
     if getattr(args, "check", False):
         from prodml.core import cluster_check, versions
 
         cluster_check.raise_for(cluster_check.check_objects(docs), "the manifests", file=args.config)
         notes.append(
             f"checked {len(docs)} objects against KServe {versions.KSERVE_VERSION}'s InferenceService "
-            f"CRD and Kubernetes {versions.KUBERNETES_SCHEMA_VERSION}'s schemas: accepted"
+            f"CRD, the Training Operator {versions.TRAINING_OPERATOR_VERSION}'s TFJob CRD and "
+            f"Kubernetes {versions.KUBERNETES_SCHEMA_VERSION}'s schemas: accepted"
         )
     from prodml.plugins.servers import _k8s
 

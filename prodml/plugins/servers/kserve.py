@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from prodml import hookimpl
 from prodml.core.config import ConfigPath, VariantConfig
 from prodml.core.interfaces import DataSource, Endpoint, ModelRef, ModelServer, ModelStore, ServerStatus
 from prodml.core.plugins import Backend
-from prodml.core.versions import TF_SERVING_VERSION
+from prodml.core.versions import KSERVE_DEPLOYMENT_MODE, KSERVE_VERSION, TF_SERVING_VERSION
 
 log = logging.getLogger("prodml.server")
 
@@ -101,6 +101,62 @@ class KServeLocalConfig(KServeServerConfig):
         return Path(base) / "prodml" / "serving"
 
 
+#: Metrics KServe's Knative autoscaler scales on, which its Standard (raw deployment) mode,
+#: scaling with a HorizontalPodAutoscaler, does not have.
+KNATIVE_ONLY_METRICS = ("concurrency", "rps")
+
+
+class Autoscaling(BaseModel):
+    """How KServe scales the predictor: replica bounds, the metric and its target per replica."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_replicas: int = Field(1, ge=0, description="fewest predictor replicas")
+    max_replicas: int = Field(ge=1, description="most predictor replicas")
+    metric: str = Field(
+        "cpu",
+        description="what KServe scales on (its scaleMetric): `cpu` or `memory` in the Standard "
+        "deployment mode prodml installs; `concurrency` or `rps` need KServe's Serverless (Knative) mode",
+    )
+    target: int = Field(
+        80,
+        ge=1,
+        description="the metric's target per replica (scaleTarget): % utilization for cpu/memory, "
+        "in-flight requests for concurrency, requests/s for rps",
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        # the choices are the released InferenceService CRD's, not a list of our own
+        from prodml.core import cluster_check
+
+        schema = cluster_check.crd_schema("serving.kserve.io/v1beta1", "InferenceService") or {}
+        choices = (
+            (schema.get("properties", {}).get("spec", {}).get("properties", {}).get("predictor", {}))
+            .get("properties", {})
+            .get("scaleMetric", {})
+            .get("enum", [])
+        )
+        if choices and value not in choices:
+            raise ValueError(
+                f"{value!r} is not a metric KServe {KSERVE_VERSION} scales on (its CRD's "
+                f"spec.predictor.scaleMetric): {', '.join(choices)}"
+            )
+        if value in KNATIVE_ONLY_METRICS and KSERVE_DEPLOYMENT_MODE == "Standard":
+            raise ValueError(
+                f"{value!r} needs KServe's Serverless (Knative) mode; prodml installs the "
+                f"{KSERVE_DEPLOYMENT_MODE} mode, whose HorizontalPodAutoscaler scales on cpu or memory"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
+        return self
+
+
 class KServeClusterConfig(KServeServerConfig):
     """`mode: cluster`: a `serving.kserve.io/v1beta1` InferenceService on a Kubernetes cluster."""
 
@@ -144,8 +200,20 @@ class KServeClusterConfig(KServeServerConfig):
     )
     ready_timeout: float = Field(600, gt=0, description="seconds to wait for Ready")
 
+    autoscaling: Autoscaling | None = Field(
+        None,
+        description="scale the predictor on a metric between replica bounds "
+        "({min_replicas, max_replicas, metric: cpu|memory, target}); replaces min/max_replicas",
+    )
+
     @model_validator(mode="after")
     def _replicas(self) -> KServeClusterConfig:
+        both = {"min_replicas", "max_replicas"} & self.model_fields_set
+        if self.autoscaling is not None and both:
+            raise ValueError(
+                f"set the replica bounds in server.autoscaling only ({', '.join(sorted(both))} "
+                "is also set beside it)"
+            )
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
         return self

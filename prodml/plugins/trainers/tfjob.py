@@ -74,6 +74,7 @@ def render(
     namespace: str,
     dataset_sha256: str,
     store: ModelStore | None = None,
+    config_data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The TFJob that trains ``project``'s model with ``trainer.distributed.workers`` workers.
 
@@ -85,6 +86,8 @@ def render(
         dataset_sha256: fingerprint of the dataset the fetch step wrote; workers check theirs.
         store: the built store (its ``pod_environment`` names the Secret keys); built from
             the config when not given.
+        config_data: the config as the workers get it (default: ``project.public_dict()``,
+            which in a pipeline step already has the image's paths).
 
     Raises:
         ConfigError: no image, or a store the cluster's pods cannot reach.
@@ -103,7 +106,10 @@ def render(
         store = default_registry().create("store", project.store)  # type: ignore[arg-type]
     check_store_reachable(project, store)
     env: list[dict[str, Any]] = [
-        {"name": CONFIG_ENV, "value": json.dumps(project.public_dict(), sort_keys=True, default=str)},
+        {
+            "name": CONFIG_ENV,
+            "value": json.dumps(config_data or project.public_dict(), sort_keys=True, default=str),
+        },
         {"name": DATASET_ENV, "value": dataset_sha256},
         {"name": JOB_ENV, "value": name},
         {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"},
@@ -154,12 +160,18 @@ DATASET_PLACEHOLDER = "<sha256 of the fetched dataset>"
 
 
 def render_offline(project: ProdmlConfig) -> dict[str, Any]:
-    """The TFJob as the train step would create it, before any data exists (for checks)."""
+    """The TFJob as the train step would create it, before any data exists (for checks).
+
+    The config in it is the pipeline's (paths as in the step image), as the step will see it.
+    """
+    from prodml.runner._pipeline import pipeline_config
+
     return render(
         project,
         name=job_name(project.model_name, "0000abcd"),
         namespace=getattr(project.server, "namespace", None) or "default",
         dataset_sha256=DATASET_PLACEHOLDER,
+        config_data=pipeline_config(project, for_cluster=True),
     )
 
 
