@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from prodml.core.errors import StoreError
+from prodml.core.interfaces import ModelRef, ModelStore, ModelVersion
 from prodml.core.plugins import AUTOLOAD_ENV
 
 HERE = Path(__file__).parent
@@ -147,3 +149,54 @@ def test_manifests_use_the_plugin_stores_kserve_storage(both: dict[str, Path], p
     # the same objects but for the environment variables the placeholders name
     s3_secret = rendered["s3"][0]
     assert secret["metadata"] == s3_secret["metadata"] and rendered["hellostore"][1:] == rendered["s3"][1:]
+
+
+class BareStore(ModelStore):
+    """A store with the required methods only: none of the optional cluster capabilities."""
+
+    def push(self, bundle_dir: Path, model_name: str) -> ModelRef:
+        raise StoreError("read-only")
+
+    def pull(self, ref: ModelRef, dest: Path) -> Path:
+        raise StoreError("empty")
+
+    def resolve(self, model_name: str, version: str = "latest") -> ModelRef:
+        raise StoreError("empty")
+
+    def versions(self, model_name: str) -> list[ModelVersion]:
+        return []
+
+    def uri(self, ref: ModelRef) -> str:
+        return f"bare://{ref.model_name}/{ref.version}"
+
+
+def test_a_store_without_the_capabilities_gets_clear_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prodml.core.config import load_config_dict
+    from prodml.core.errors import ConfigError, RunnerError
+    from prodml.plugins.servers import _cluster
+    from prodml.plugins.servers.kserve import KServeServerConfig
+    from prodml.runner import _pipeline
+
+    store = BareStore(None)
+    ref = ModelRef(model_name="houses", version="20261129T173000Z-0123abcd", store_type="bare", uri="")
+    with pytest.raises(NotImplementedError, match="BareStore does not support pod_environment"):
+        store.pod_environment("s")
+    with pytest.raises(NotImplementedError, match="BareStore does not support reachable_from_cluster"):
+        store.reachable_from_cluster()
+    with pytest.raises(NotImplementedError, match="BareStore does not support kserve_storage"):
+        store.kserve_storage(ref)
+
+    server = KServeServerConfig(type="kserve", mode="cluster", image="i")
+    with pytest.raises(ConfigError, match="has no kserve_storage") as caught:
+        _cluster.offline_plan(server, store, "houses", "houses", None)
+    assert caught.value.field == "store"
+
+    path = write_config(tmp_path, {"type": "local", "root": "m"})
+    config = load_config_dict(yaml.safe_load(path.read_text()), base_dir=tmp_path)
+    monkeypatch.setattr(_pipeline, "_store", lambda _config: store)
+    with pytest.raises(RunnerError, match=r"BareStore does not say which of its keys") as raised:
+        _pipeline.step_environment(config, "export")
+    assert "runner.secret_env" in (raised.value.hint or "")
+    assert _pipeline.step_environment(config, "train") == []  # train does not use the store

@@ -46,6 +46,13 @@ def _store_description(store: ModelStore) -> str:
     return f"{getattr(store.config, 'type', type(store).__name__)} store"
 
 
+def _reachable(store: ModelStore) -> bool:
+    try:
+        return bool(store.reachable_from_cluster())
+    except NotImplementedError:
+        return True  # the store cannot tell; the cluster will
+
+
 def _plan(
     config: Any,
     ref: ModelRef,
@@ -58,7 +65,16 @@ def _plan(
 ) -> _k8s.ClusterPlan:
     from prodml.core.bundle import BundleMetadata
 
-    storage = store.kserve_storage(ref, endpoint=config.storage_endpoint, with_values=with_values)
+    try:
+        storage = store.kserve_storage(ref, endpoint=config.storage_endpoint, with_values=with_values)
+    except NotImplementedError:
+        raise ConfigError(
+            f"the {_store_description(store)} cannot say how KServe reads a model from it "
+            f"({type(store).__name__} has no kserve_storage)",
+            field="store",
+            hint="use a store that supports mode: cluster (see `prodml plugins`), or implement "
+            "ModelStore.kserve_storage in it (docs/writing-a-plugin.md)",
+        ) from None
     storage = storage.model_copy(update={"storage_uri": _k8s.storage_uri_for(config, storage.storage_uri)})
     has_saved_model = tf_version = None
     if bundle is not None:
@@ -73,7 +89,7 @@ def _plan(
         digest=ref.digest,
         storage=storage,
         store_description=_store_description(store),
-        reachable=store.reachable_from_cluster(),
+        reachable=_reachable(store),
         has_saved_model=has_saved_model,
         tensorflow_version=tf_version,
         feature_lookup=config.feature_lookup,
