@@ -83,7 +83,10 @@ class DirStore(ModelStore):
         versions = self._model_dir(model_name) / "versions"
         if not versions.is_dir():
             return []
-        return sorted(p.name for p in versions.iterdir() if (p / MANIFEST).is_file())
+        # a staging folder (a push in progress) is not a version, even with its manifest
+        return sorted(
+            p.name for p in versions.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()
+        )
 
     # -- the ModelStore API ---------------------------------------------------------------
 
