@@ -224,7 +224,8 @@ def main() -> None:
     label = "hand-written script (baseline)"
     print(f"  {label:<34} {med['baseline']:7.2f} s {spread['baseline']}   1.00x")
     print(
-        f"  {'prodml run, runner local':<34} {med['local']:7.2f} s {spread['local']}   {ratio_local:.2f}x baseline"
+        f"  {'prodml run, runner local':<34} {med['local']:7.2f} s {spread['local']}   "
+        f"{ratio_local:.2f}x baseline"
     )
     print(
         f"  {'prodml run, runner kfp-local':<34} {med['kfp-local']:7.2f} s {spread['kfp-local']}   "
