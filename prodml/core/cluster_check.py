@@ -171,9 +171,15 @@ def check_core_object(obj: Mapping[str, Any], *, subject: str | None = None) -> 
     subject = subject or _subject(obj)
     try:
         kubernetes_validate.validate(dict(obj), versions.KUBERNETES_SCHEMA_VERSION, strict=True)
-    except SchemaNotFoundError as exc:
+    except SchemaNotFoundError:
+        known = ", ".join(f"{k} ({a})" for a, k in sorted(CRD_SCHEMAS))
         return [
-            Problem(subject, "", f"Kubernetes {versions.KUBERNETES_SCHEMA_VERSION} has no such kind: {exc}")
+            Problem(
+                subject,
+                "",
+                f"{obj.get('apiVersion')} {obj.get('kind')} is neither a Kubernetes "
+                f"{versions.KUBERNETES_SCHEMA_VERSION} kind nor a custom resource prodml knows ({known})",
+            )
         ]
     except ValidationError as exc:
         # the first error only: kubernetes-validate stops there
@@ -182,12 +188,10 @@ def check_core_object(obj: Mapping[str, Any], *, subject: str | None = None) -> 
 
 
 def check_objects(objs: Sequence[Mapping[str, Any]]) -> list[Problem]:
-    """Every object against its schema: registered CRDs by theirs, the rest as core objects."""
+    """Every object against its schema: registered CRDs by theirs, the rest by Kubernetes'."""
     problems: list[Problem] = []
     for obj in objs:
-        if (str(obj.get("apiVersion")), str(obj.get("kind"))) in CRD_SCHEMAS or "." in str(
-            obj.get("apiVersion", "")
-        ).split("/")[0]:
+        if (str(obj.get("apiVersion")), str(obj.get("kind"))) in CRD_SCHEMAS:
             problems += check_custom_resource(obj)
         else:
             problems += check_core_object(obj)
