@@ -289,3 +289,61 @@ def test_apply_sends_secret_account_and_inference_service(
     assert ("PUT", "houses-storage") in methods and ("PUT", "houses") in methods
     replaced = next(r for r in server.requests if r["method"] == "PUT" and r["path"] == f"{ISVC_PATH}/houses")
     assert replaced["body"]["metadata"]["resourceVersion"] == "1"
+
+
+@pytest.mark.s3
+def test_update_canary_promote_and_rollback_requests(
+    api_server: tuple[FakeApiServer, Path], s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_cluster.update against a real S3 store (SeaweedFS) and the stand-in API server: a canary
+    keeps the served version stable, a second promote serves the new one alone, an update back
+    is the rollback; with no InferenceService there is nothing to update."""
+    from prodml.core.bundle import write_manifest
+    from prodml.plugins.stores.s3 import S3Store, S3StoreConfig
+    from tests.test_serve_manifests import write_bundle
+
+    server, cert = api_server
+    folder = service_account_folder(tmp_path, cert, "pod-token")
+    monkeypatch.setattr(_cluster, "SERVICE_ACCOUNT_DIR", folder)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
+    store = S3Store(S3StoreConfig.model_validate(s3_server.store_config()))
+    refs = []
+    for i in range(2):
+        bundle = write_bundle(tmp_path / f"bundle{i}")
+        (bundle / "weights.bin").write_bytes(bytes([i]) * 16)  # two different versions
+        write_manifest(bundle)
+        refs.append(store.push(bundle, "houses"))
+    old, new = refs
+    config = cluster_config(storage_endpoint="http://seaweedfs.storage.svc:8333")
+    monkeypatch.setattr(_cluster, "POLL_SECONDS", 0.01)
+
+    assert _cluster.update(config, new, store, None, "houses", canary_percent=10) is None  # nothing deployed
+    _cluster.deploy(config, old, store, None, "houses")
+
+    def last_isvc_put() -> dict:
+        return [r for r in server.requests if r["method"] == "PUT" and r["path"] == f"{ISVC_PATH}/houses"][
+            -1
+        ]["body"]
+
+    def served(predictor: dict) -> str:
+        return predictor["containers"][0]["env"][0]["value"]
+
+    endpoint = _cluster.update(config, new, store, None, "houses", canary_percent=10)
+    assert endpoint is not None and endpoint.details["canary_percent"] == "10"
+    body = last_isvc_put()
+    assert served(body["spec"]["predictor"]).endswith(old.version)
+    [canary] = body["spec"]["canary"]
+    assert canary["trafficPercent"] == 10 and served(canary["predictor"]).endswith(new.version)
+    from prodml.core import cluster_check
+
+    assert cluster_check.check_objects([body]) == []
+
+    _cluster.update(config, new, store, None, "houses")  # the second promote: 100 %
+    body = last_isvc_put()
+    assert "canary" not in body["spec"] and served(body["spec"]["predictor"]).endswith(new.version)
+
+    _cluster.update(config, old, store, None, "houses")  # rollback: the previous storageUri
+    body = last_isvc_put()
+    assert served(body["spec"]["predictor"]) == store.uri(old)
+    assert all(r["authorization"] == "bearer pod-token" for r in server.requests)
