@@ -29,9 +29,10 @@ import queue
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -226,6 +227,13 @@ class ObjectStore(ModelStore):
     def _read_range(self, key: str, offset: int, length: int) -> bytes:
         """``length`` bytes of object ``key`` from ``offset`` (called from worker threads)."""
 
+    def _stream_range(self, key: str, offset: int, length: int) -> Iterator[bytes]:
+        """``length`` bytes of ``key`` from ``offset`` as chunks of one streamed request.
+
+        Backends override it to stream; this default reads the range in one piece.
+        """
+        yield self._read_range(key, offset, length)
+
     @abc.abstractmethod
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix`` (recursively)."""
@@ -371,38 +379,69 @@ class ObjectStore(ModelStore):
     def _put_in_parts(
         self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor
     ) -> str:
-        """Upload a big file in parallel parts; return its sha256.
+        """Upload a big file in parts; return its sha256.
 
         The file is read once, in order, here: each part is hashed into the file's sha256
-        while the parts before it are on the wire. At most ``concurrency + 1`` parts are in
-        memory at a time.
+        while the parts before it are on the wire (each part's MD5 is computed by the thread
+        that sends it). Parallel parts beat one request at a time on some servers and lose
+        on others, so this measures: part 1 goes alone, the next ``concurrency`` parts go
+        together, and the faster way sends the rest. At most ``concurrency + 1`` parts are
+        in memory at a time.
         """
         part_size = self.part_size(size)
+        count = -(-size // part_size)
         upload = self._begin_upload(key)
         digest = hashlib.sha256()
-        slots = threading.BoundedSemaphore(self.concurrency + 1)
         futures: list[Future] = []
+        # probe only when there is a rest to choose a way for
+        probing = self.concurrency > 1 and count >= 2 * self.concurrency + 2
+        limit = 1 if probing else self.concurrency
+        timer: dict[str, float] = {}
 
         def send(number: int, data: bytes) -> Any:
-            try:
-                result = self._upload_part(upload, number, data)
-                progress.add(len(data))
-                return result
-            finally:
-                slots.release()
+            result = self._upload_part(upload, number, data)
+            progress.add(len(data))
+            return result
+
+        def room(most: int) -> None:
+            """Wait until fewer than ``most`` parts are in flight; raise the first failure."""
+            while True:
+                running = [f for f in futures if not f.done()]
+                failed = next((f for f in futures if f.done() and f.exception()), None)
+                if failed is not None:
+                    raise failed.exception()  # type: ignore[misc]
+                if len(running) < most:
+                    return
+                wait(running, return_when=FIRST_COMPLETED)
 
         try:
             with open(path, "rb") as fh:
                 for number, offset in enumerate(range(0, size, part_size), start=1):
+                    if probing and number == 1:
+                        timer["alone"] = time.perf_counter()
+                    if probing and number == 2:
+                        room(1)  # part 1 done: one request's rate
+                        timer["alone"] = time.perf_counter() - timer["alone"]
+                        timer["together"] = time.perf_counter()
+                        limit = self.concurrency
+                    if probing and number == self.concurrency + 2:
+                        room(1)  # the parallel batch done
+                        together = time.perf_counter() - timer["together"]
+                        parallel = together * 1.1 < timer["alone"] * self.concurrency
+                        limit = self.concurrency if parallel else 1
+                        log.debug(
+                            "%s: one part at a time %.0f MB/s, %d at once %.0f MB/s; the rest %s",
+                            self._location(key),
+                            part_size / timer["alone"] / 1e6,
+                            self.concurrency,
+                            part_size * self.concurrency / together / 1e6,
+                            "in parallel" if parallel else "one at a time",
+                        )
                     data = fh.read(min(part_size, size - offset))
                     if len(data) != min(part_size, size - offset):
                         raise BundleError(f"{path} changed while it was being uploaded (short read)")
                     digest.update(data)
-                    slots.acquire()
-                    failed = next((f for f in futures if f.done() and f.exception()), None)
-                    if failed is not None:
-                        slots.release()
-                        raise failed.exception()  # type: ignore[misc]
+                    room(limit)
                     futures.append(pool.submit(send, number, data))
                     del data
             parts = run_parallel_futures(futures)
@@ -419,49 +458,88 @@ class ObjectStore(ModelStore):
     def _get_in_parts(
         self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor
     ) -> str:
-        """Download a big object in parallel ranges into ``path``; return its sha256.
+        """Download a big object into ``path``, hashing it on the way; return its sha256.
 
-        The pool fetches ranges; this thread takes them in order and hashes them while a
-        writer thread appends them to the file, so the file is never read back. (Sequential
-        appends: parallel ``pwrite`` into one file was several times slower on ext4.) At most
-        ``concurrency + 3`` ranges are in memory.
+        One streamed GET is the plain way; parallel ranged GETs are faster on some servers and
+        slower on others (a local SeaweedFS served one stream at twice the rate of eight
+        ranges). So, as the model server picks its inference path by measuring, this
+        measures: the first stretch comes by one stream, the next by parallel ranges, and the
+        faster way fetches the rest. Bytes are hashed and appended in order by two threads of
+        their own (:class:`_Sink`) while the next ones are on the wire; the file is never read
+        back. Objects too small to be worth the probe come by one stream.
         """
-        part_size = self.part_size(size)
         digest = hashlib.sha256()
-        offsets = iter(range(0, size, part_size))
-        pending: collections.deque[Future] = collections.deque()
-
-        def fetch(offset: int) -> bytes:
-            length = min(part_size, size - offset)
-            data = self._read_range(key, offset, length)
-            if len(data) != length:
-                raise StoreError(
-                    f"short read of {self._location(key)}: {len(data)} of {length} bytes at {offset}"
+        stretch = self.part_size(size) * self.concurrency
+        with open(path, "wb") as fh, _Sink(fh, digest, progress) as sink:
+            offset = 0
+            parallel = False
+            if self.concurrency > 1 and size >= 3 * stretch:
+                started = time.perf_counter()
+                self._stream_into(key, 0, stretch, sink)
+                streamed = time.perf_counter() - started
+                started = time.perf_counter()
+                self._ranges_into(key, stretch, stretch, sink, pool)
+                ranged = time.perf_counter() - started
+                offset = 2 * stretch
+                parallel = ranged * 1.1 < streamed  # parallel must win clearly: it costs more requests
+                log.debug(
+                    "%s: one stream %.0f MB/s, %d ranges %.0f MB/s; the rest by %s",
+                    self._location(key),
+                    stretch / streamed / 1e6,
+                    self.concurrency,
+                    stretch / ranged / 1e6,
+                    "ranges" if parallel else "one stream",
                 )
+            if parallel:
+                self._ranges_into(key, offset, size - offset, sink, pool)
+            else:
+                self._stream_into(key, offset, size - offset, sink)
+        return digest.hexdigest()
+
+    def _stream_into(self, key: str, offset: int, length: int, sink: _Sink) -> None:
+        """``length`` bytes of ``key`` from ``offset`` by one streamed request, into ``sink``."""
+        got = 0
+        for chunk in self._stream_range(key, offset, length):
+            got += len(chunk)
+            sink.put(chunk)
+        if got != length:
+            raise StoreError(f"short read of {self._location(key)}: {got} of {length} bytes at {offset}")
+
+    def _ranges_into(self, key: str, offset: int, length: int, sink: _Sink, pool: ThreadPoolExecutor) -> None:
+        """``length`` bytes of ``key`` from ``offset`` by parallel ranged GETs, in order into ``sink``.
+
+        At most ``concurrency + 1`` ranges are requested or waiting at a time.
+        """
+        part_size = self.part_size(offset + length)
+        offsets = iter(range(offset, offset + length, part_size))
+        pending: collections.deque[Future] = collections.deque()
+        end = offset + length
+
+        def fetch(at: int) -> bytes:
+            want = min(part_size, end - at)
+            data = self._read_range(key, at, want)
+            if len(data) != want:
+                raise StoreError(f"short read of {self._location(key)}: {len(data)} of {want} bytes at {at}")
             return data
 
         def submit_next() -> None:
-            offset = next(offsets, None)
-            if offset is not None:
-                pending.append(pool.submit(fetch, offset))
+            at = next(offsets, None)
+            if at is not None:
+                pending.append(pool.submit(fetch, at))
 
-        with open(path, "wb") as fh, _Writer(fh) as writer:
-            try:
-                for _ in range(self.concurrency + 1):
-                    submit_next()
-                while pending:
-                    data = pending.popleft().result()
-                    submit_next()
-                    writer.put(data)
-                    digest.update(data)
-                    progress.add(len(data))
-                    del data
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                wait(list(pending))
-                raise
-        return digest.hexdigest()
+        try:
+            for _ in range(self.concurrency + 1):
+                submit_next()
+            while pending:
+                data = pending.popleft().result()
+                submit_next()
+                sink.put(data)
+                del data
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            wait(list(pending))
+            raise
 
     def _check_landed(self, vkey: str, sizes: dict[str, int]) -> None:
         """Every file is there with its size (content was checked per request)."""
@@ -631,35 +709,56 @@ class ObjectStore(ModelStore):
         return hashes
 
 
-class _Writer:
-    """Appends chunks to a file from a thread of its own (so writing overlaps hashing)."""
+class _Sink:
+    """Hashes and appends chunks in order, each on a thread of its own.
 
-    def __init__(self, fh: Any, depth: int = 2) -> None:
-        self._fh = fh
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+    hashlib and file writes release the GIL on big buffers, so the hash, the write and the
+    next network read run at the same time; the producer only queues (at most ``depth``
+    chunks wait per thread).
+    """
+
+    def __init__(self, fh: Any, digest: Any, progress: TransferProgress, depth: int = 8) -> None:
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="prodml-writer", daemon=True)
+        self._queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=depth) for _ in range(2)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(q, work), name=f"prodml-{name}", daemon=True)
+            for q, work, name in zip(
+                self._queues, (digest.update, self._writer(fh, progress)), ("hash", "write"), strict=True
+            )
+        ]
 
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
+    @staticmethod
+    def _writer(fh: Any, progress: TransferProgress) -> Callable[[bytes], None]:
+        def write(chunk: bytes) -> None:
+            fh.write(chunk)
+            progress.add(len(chunk))
+
+        return write
+
+    def _run(self, chunks: queue.Queue[bytes | None], work: Callable[[bytes], Any]) -> None:
+        while (chunk := chunks.get()) is not None:
             if self._error is None:
                 try:
-                    self._fh.write(chunk)
+                    work(chunk)
                 except BaseException as exc:  # reported to the producer by put/close
                     self._error = exc
 
     def put(self, chunk: bytes) -> None:
         if self._error is not None:
             raise self._error
-        self._queue.put(chunk)
+        for chunks in self._queues:
+            chunks.put(chunk)
 
-    def __enter__(self) -> _Writer:
-        self._thread.start()
+    def __enter__(self) -> _Sink:
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        for chunks in self._queues:
+            chunks.put(None)
+        for thread in self._threads:
+            thread.join()
         if self._error is not None and exc_type is None:
             raise self._error
 

@@ -405,6 +405,13 @@ class AzureBlobStore(ObjectStore):
     def _read_range(self, key: str, offset: int, length: int) -> bytes:
         return self.container.get_blob_client(key).download_blob(offset=offset, length=length).readall()
 
+    def _stream_range(self, key: str, offset: int, length: int) -> Iterator[bytes]:
+        # one request after another (chunks of block_size_mb), as a plain download_blob does
+        downloader = self.container.get_blob_client(key).download_blob(
+            offset=offset, length=length, max_concurrency=1
+        )
+        yield from downloader.chunks()
+
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         for blob in self.container.list_blobs(name_starts_with=prefix):
             yield ObjectInfo(key=blob.name, size=int(blob.size), modified=blob.last_modified)

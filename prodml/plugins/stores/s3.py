@@ -38,6 +38,8 @@ log = logging.getLogger("prodml.stores.s3")
 MB = 1 << 20
 #: S3 allows at most this many parts per multipart upload
 MAX_PARTS = 10_000
+#: a streamed download is read (then hashed and written) in pieces of this size
+STREAM_CHUNK = 2 * MB
 DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden", "InvalidToken"}
 CONFLICT = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
 #: the variables boto3 reads credentials from; also the keys of KServe's S3 Secret
@@ -346,6 +348,17 @@ class S3Store(ObjectStore):
         end = offset + length - 1
         response = self.client.get_object(Bucket=self.config.bucket, Key=key, Range=f"bytes={offset}-{end}")
         return response["Body"].read()
+
+    def _stream_range(self, key: str, offset: int, length: int) -> Iterator[bytes]:
+        end = offset + length - 1
+        response = self.client.get_object(Bucket=self.config.bucket, Key=key, Range=f"bytes={offset}-{end}")
+        body = response["Body"]
+        try:
+            # botocore's StreamingBody checks the length against Content-Length at the end
+            while chunk := body.read(STREAM_CHUNK):
+                yield chunk
+        finally:
+            body.close()
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
