@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "compile": "prodml.runner.commands:compile_command",
     "init": "prodml.scaffold:init_command",
     "ui": "prodml.ui.commands:ui_command",
+    "status": "prodml.plugins.servers.ops:status_command",
+    "stop": "prodml.plugins.servers.ops:stop_command",
 }
 
 
@@ -79,6 +81,12 @@ def build_parser(plugin_commands: Sequence[Any] = ()) -> argparse.ArgumentParser
     add("models", "list the model versions in the configured store, and which is latest")
     p = add("ui", "a local dashboard of runs, model versions and live endpoints (web browser)")
     _ui_arguments(p)
+    p = add("k8s", "render Kubernetes manifests (KServe InferenceService, storage secret refs)")
+    p.add_argument("what", choices=["manifests"], help="what to render")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    from prodml.plugins.servers import ops  # status, stop: the local model servers
+
+    ops.add_arguments(sub)
     p = add("init", "scaffold a working project in DIR", config=False)
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--feast", action="store_true", help="also scaffold a Feast feature repository")

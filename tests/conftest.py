@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,23 @@ def _isolated_plugins(monkeypatch: pytest.MonkeyPatch):
     plugins.reset_default_registry()
     yield
     plugins.reset_default_registry()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """This session's PRODML_STATE_HOME: local model-server state never goes to ~/.cache/prodml.
+
+    Session-wide (not monkeypatched per test) so that module-scoped server fixtures, set
+    up before any function-scoped fixture, see it too.
+    """
+    path = tmp_path_factory.mktemp("prodml-state")
+    previous = os.environ.get("PRODML_STATE_HOME")
+    os.environ["PRODML_STATE_HOME"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("PRODML_STATE_HOME", None)
+    else:
+        os.environ["PRODML_STATE_HOME"] = previous
 
 
 @pytest.fixture(scope="module")

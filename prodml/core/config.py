@@ -403,7 +403,7 @@ def load_config_dict(
     model = config_model(registry)
     base = Path(base_dir) if base_dir else Path.cwd()
     try:
-        config = model.model_validate(data, context={"base_dir": base})
+        config = model.model_validate(data, context={"base_dir": base, "source_file": source_file})
     except ValidationError as exc:
         raise _config_error(exc, data, file, registry) from None
     config._source_file = source_file

@@ -384,6 +384,32 @@ class ModelServer(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not support manifests")
 
+    def update(
+        self,
+        ref: ModelRef,
+        store: ModelStore,
+        source: DataSource | None = None,
+        *,
+        canary_percent: int | None = None,
+    ) -> Endpoint | None:
+        """Move a running server of this project's model to ``ref`` with no failed request.
+
+        Called after ``latest`` moved (promote, rollback, an export the gate let in). The
+        new version must be loaded and ready before the old one stops taking requests.
+
+        Args:
+            ref: the version to serve now.
+            store: where ``ref`` is read from.
+            source: the pipeline's data source (for servers that look features up).
+            canary_percent: send only this share of requests to ``ref`` (servers that
+                can split traffic); None moves all of it.
+
+        Returns:
+            The endpoint now serving ``ref``, or None when no server of this model runs
+            (nothing to move; the next deploy serves ``ref``).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support update")
+
 
 class Runner(abc.ABC):
     """Executes the configured stages (in-process, through kfp.local, on a cluster)."""

@@ -125,13 +125,23 @@ def finish_run(
     """End a successful run the same way for every runner.
 
     Shows the endpoint and a sample prediction, stops the server unless asked to keep it,
-    and records the summary in the run folder.
+    and records the summary in the run folder. Interrupted here (Ctrl-C, SIGTERM), the run
+    is marked ``interrupted`` and the server is stopped unless it was to be kept.
     """
+    from prodml.runner._interrupt import interruptible, mark_interrupted, stop_started_server
+
     if endpoint is not None:
         from prodml.core.plugins import default_registry
 
         server = (registry or default_registry()).create("server", config.server)  # type: ignore[arg-type]
-        show_endpoint(endpoint, dataset_dir, out, server)
+        try:
+            with interruptible():
+                show_endpoint(endpoint, dataset_dir, out, server)
+        except KeyboardInterrupt:
+            if stop_started_server(config, endpoint, keep_serving=keep_serving, registry=registry, out=out):
+                run.record["server_stopped"] = True
+            mark_interrupted(run, None, config, out)
+            raise
         if not keep_serving:
             stop_server(endpoint, server, out)
             run.record["server_stopped"] = True

@@ -81,10 +81,21 @@ class RunFolder:
             "serve": self.endpoint_json,
         }[stage]
 
+    def produced(self, stage: str) -> Path:
+        """Where ``stage``'s output of this run is: as recorded (a kfp-local run keeps it in the
+        pipeline's artifact folders), else where this run folder puts it."""
+        recorded = self.record.get("stages", {}).get(stage, {}).get("output")
+        return Path(recorded) if recorded else self.output_of(stage)
+
     def has_output(self, stage: str) -> bool:
         """Whether ``stage`` finished in this run (its output is there and was recorded ok)."""
         entry = self.record.get("stages", {}).get(stage, {})
-        return entry.get("status") in ("ok", "reused") and self.output_of(stage).exists()
+        return entry.get("status") in ("ok", "reused") and self.produced(stage).exists()
+
+    @property
+    def status(self) -> str:
+        """``running``, ``ok``, ``failed`` or ``interrupted`` (a killed run stays ``running``)."""
+        return str(self.record.get("status", "?"))
 
     # -- creating, finding, recording -------------------------------------------------------
 
@@ -142,6 +153,25 @@ class RunFolder:
     def log_to(self, stream: TextIO) -> TextIO:
         """``stream``, with everything written to it also appended to this run's ``run.log``."""
         return _LogTee(stream, self.root / LOG_FILE)
+
+    @classmethod
+    def latest_with(cls, work_dir: Path, needed: tuple[str, ...]) -> tuple[RunFolder | None, list[RunFolder]]:
+        """The newest run holding the outputs of every stage in ``needed``, and the newer runs skipped.
+
+        Runs left ``running`` (killed) or ``interrupted`` before those stages finished have
+        not got them and are passed over, so ``--from`` never resumes a run it cannot.
+        """
+        runs = Path(work_dir) / "runs"
+        skipped: list[RunFolder] = []
+        for record_file in sorted(runs.glob(f"*/{RUN_FILE}"), key=lambda p: p.parent.name, reverse=True):
+            try:
+                run = cls(record_file.parent, json.loads(record_file.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue
+            if all(run.has_output(stage) for stage in needed):
+                return run, skipped
+            skipped.append(run)
+        return None, skipped
 
     def save(self) -> None:
         """Write ``run.json`` atomically."""

@@ -27,6 +27,7 @@ from prodml import hookimpl
 from prodml.core.errors import RunnerError
 from prodml.core.interfaces import Endpoint, RunSummary
 from prodml.core.plugins import Backend
+from prodml.runner import _interrupt
 from prodml.runner._config import PrintingRunner, RunnerSettings
 
 if TYPE_CHECKING:
@@ -146,12 +147,18 @@ class KfpLocalRunner(PipelineRunner):
             cache_root=str(Path(self.config.work_dir) / "kfp-cache"),
         )
         started = time.perf_counter()
+        spawned_before = _interrupt.descendants()
         try:
-            with _step_secrets(config), warnings.catch_warnings():
+            with _step_secrets(config), warnings.catch_warnings(), _interrupt.interruptible():
                 # kfp.local warns that runner.image may not be a Python image; the steps run
                 # in this interpreter's environment, not in the image, by design
                 warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
                 pipeline(config_json=config_json)
+        except KeyboardInterrupt:
+            _interrupt.pipeline_interrupted(
+                self, run, config, pipeline_root, spawned_before, keep_serving=keep_serving, registry=registry
+            )
+            raise
         except RuntimeError as exc:
             run.finish("failed", error=str(exc))
             failed = [s for s in stages if s not in _task_outputs(pipeline_root)]

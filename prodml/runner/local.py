@@ -20,6 +20,7 @@ from prodml.core.errors import ProdmlError, RunnerError
 from prodml.core.interfaces import Endpoint, RunSummary
 from prodml.core.plugins import Backend
 from prodml.runner._config import PrintingRunner, RunnerSettings
+from prodml.runner._interrupt import interruptible, mark_interrupted, stop_started_server
 
 if TYPE_CHECKING:
     from prodml.core.config import ProdmlConfig
@@ -92,10 +93,11 @@ class LocalRunner(PrintingRunner):
         stages = tuple(config.stages)
         inputs: dict[str, str] = {}
         if start_at is not None:
-            run = RunFolder.open(work_dir, run_id)
-            run.check_resumable(start_at, stages)
+            run = self._resumable(start_at, stages, run_id)
             inputs = dict(run.record.get("inputs", {}))
             run.record.setdefault("resumed", []).append({"from": start_at, "at": time.time()})
+            for stale in ("interrupted_stage", "failed_stage", "finished_at"):
+                run.record.pop(stale, None)
             run.record["status"] = "running"
             run.save()
         else:
@@ -116,32 +118,48 @@ class LocalRunner(PrintingRunner):
         seconds: dict[str, float] = {}
         outputs: dict[str, str] = {}
         endpoint: Endpoint | None = None
-        for stage in stages:
-            outputs[stage] = str(run.output_of(stage))
-            if start_at is not None and STAGES.index(stage) < STAGES.index(start_at):
-                progress.reused(stage, run.output_of(stage))
-                continue
-            result = self._run_stage(stage, config, run, inputs, progress, registry)
-            seconds[stage] = run.record["stages"][stage]["seconds"]
-            if stage == "serve":
-                endpoint = result
+        current: str | None = None
+        try:
+            with interruptible():
+                for stage in stages:
+                    if start_at is not None and STAGES.index(stage) < STAGES.index(start_at):
+                        outputs[stage] = str(run.produced(stage))
+                        progress.reused(stage, run.produced(stage))
+                        continue
+                    outputs[stage] = str(run.output_of(stage))
+                    current = stage
+                    result = self._run_stage(stage, config, run, inputs, progress, registry)
+                    current = None
+                    seconds[stage] = run.record["stages"][stage]["seconds"]
+                    if stage == "serve":
+                        endpoint = result
 
-        dataset_dir = run.dataset_dir if run.dataset_dir.is_dir() else None
-        if dataset_dir is None and "fetch" in inputs:
-            dataset_dir = Path(inputs["fetch"])
-        summary = finish_run(
-            run,
-            config,
-            runner_type=self.config.type,
-            stages=stages,
-            outputs=outputs,
-            seconds=seconds,
-            endpoint=endpoint,
-            dataset_dir=dataset_dir,
-            keep_serving=keep_serving,
-            registry=registry,
-            out=out,
-        )
+                dataset_dir = run.dataset_dir if run.dataset_dir.is_dir() else None
+                if dataset_dir is None and "fetch" in outputs and Path(outputs["fetch"]).is_dir():
+                    dataset_dir = Path(outputs["fetch"])
+                if dataset_dir is None and "fetch" in inputs:
+                    dataset_dir = Path(inputs["fetch"])
+                summary = finish_run(
+                    run,
+                    config,
+                    runner_type=self.config.type,
+                    stages=stages,
+                    outputs=outputs,
+                    seconds=seconds,
+                    endpoint=endpoint,
+                    dataset_dir=dataset_dir,
+                    keep_serving=keep_serving,
+                    registry=registry,
+                    out=out,
+                )
+        except KeyboardInterrupt:
+            if run.status == "interrupted":
+                raise  # finish_run recorded it already
+            # a serve stage cut short stopped the server it was starting itself (deploy's cleanup)
+            if stop_started_server(config, endpoint, keep_serving=keep_serving, registry=registry, out=out):
+                run.record["server_stopped"] = True
+            mark_interrupted(run, current, config, out)
+            raise
         print(f"run {run.run_id} done: {run.root / 'run.json'}", file=out)
         return summary
 
@@ -158,17 +176,14 @@ class LocalRunner(PrintingRunner):
         if first in ("fetch", "serve"):
             return {}
         needed = STAGES[STAGES.index(first) - 1]
-        try:
-            earlier = RunFolder.open(self.config.work_dir)
-        except RunnerError:
-            earlier = None
-        if earlier is None or not earlier.has_output(needed):
+        earlier, _ = RunFolder.latest_with(self.config.work_dir, (needed,))
+        if earlier is None:
             raise RunnerError(
                 f"stages start at {first!r}, which needs the {needed} output of an earlier run, "
                 f"and there is none in {Path(self.config.work_dir) / 'runs'}",
                 hint=f"add {needed!r} to stages, or run a config that includes it first",
             )
-        return {needed: str(earlier.output_of(needed))}
+        return {needed: str(earlier.produced(needed))}
 
     def _input_of(self, stage: str, run: RunFolder, inputs: dict[str, str]) -> Path | None:
         if stage == "fetch":
@@ -177,8 +192,35 @@ class LocalRunner(PrintingRunner):
         if previous in inputs:
             return Path(inputs[previous])
         if previous in run.record.get("stages", {}):
-            return run.output_of(previous)
+            return run.produced(previous)
         return None  # serve without export: the store's version
+
+    def _resumable(self, start_at: str, stages: tuple[str, ...], run_id: str | None) -> RunFolder:
+        """The run ``--from start_at`` continues: ``run_id``, else the newest run that can be."""
+        from prodml.runner._runs import RunFolder
+
+        work_dir = self.config.work_dir
+        needed = tuple(s for s in STAGES[: STAGES.index(start_at)] if s in stages)
+        if run_id is not None or not needed:
+            run = RunFolder.open(work_dir, run_id)
+            run.check_resumable(start_at, stages)
+            return run
+        run, skipped = RunFolder.latest_with(work_dir, needed)
+        if run is None:
+            newest = RunFolder.open(work_dir)  # "no earlier run" when there is none at all
+            newest.check_resumable(start_at, stages)  # names the missing output
+            raise RunnerError(f"no run in {Path(work_dir) / 'runs'} can be resumed from {start_at!r}")
+        note = ""
+        if skipped:
+            shown = ", ".join(f"{r.run_id} ({_left_as(r)})" for r in skipped[:3])
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            note = f"; skipped newer runs without the {needed[-1]} output: {shown}{more}"
+        print(
+            f"resuming run {run.run_id} from {start_at} (the latest run with the {needed[-1]} output{note})",
+            file=self.out,
+            flush=True,
+        )
+        return run
 
     def _run_stage(
         self,
@@ -210,8 +252,7 @@ class LocalRunner(PrintingRunner):
                     result = st.serve(config, source, run.root, registry=registry)
                 break
             except KeyboardInterrupt:
-                run.mark(stage, "failed", error="interrupted", seconds=time.perf_counter() - started)
-                run.finish("failed")
+                run.mark(stage, "interrupted", seconds=round(time.perf_counter() - started, 3))
                 raise
             except Exception as exc:
                 if attempt < retries:
@@ -243,6 +284,12 @@ class LocalRunner(PrintingRunner):
             result=result.model_dump(mode="json"),
         )
         return result
+
+
+def _left_as(run: RunFolder) -> str:
+    """How a run ended, for the message that says it was skipped."""
+    where = run.record.get("interrupted_stage") or run.record.get("failed_stage")
+    return f"{run.status} in {where}" if where else run.status
 
 
 @hookimpl

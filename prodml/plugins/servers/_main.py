@@ -78,16 +78,8 @@ def run_spec(spec: dict[str, Any], *, worker: bool = False) -> None:
     feature_lookup = bool(spec.get("feature_lookup"))
     source = build_source(spec) if feature_lookup else None
     workers = int(spec.get("workers") or 1)
-    reuse = workers > 1
-    sock = model_module.bind_socket(
-        spec.get("host", "127.0.0.1"), int(spec.get("port", 8080)), reuse_port=reuse
-    )
-    children: list[subprocess.Popen] = []
-    if reuse and not worker:
-        # the siblings must bind the port this process got (it may have been 0: "any free port")
-        sibling_spec = {**spec, "port": sock.getsockname()[1]}
-        for _ in range(workers - 1):
-            children.append(_start_sibling(sibling_spec))
+    # detached servers always share the port, so a new version can be handed the port later
+    reuse = workers > 1 or bool(spec.get("reuse_port"))
     model = model_module.BundleModel(
         spec["model_name"],
         Path(spec["bundle_dir"]),
@@ -97,6 +89,22 @@ def run_spec(spec: dict[str, Any], *, worker: bool = False) -> None:
         trust_model_code=bool(spec.get("trust_model_code")),
         max_rows=int(spec.get("max_rows") or 100_000),
     )
+    handover = spec.get("handover")  # replacing a running server on its port: see _handover
+    if handover:
+        from prodml.plugins.servers import _handover
+
+        _handover.load_first(model)
+    sock = model_module.bind_socket(
+        spec.get("host", "127.0.0.1"), int(spec.get("port", 8080)), reuse_port=reuse
+    )
+    if handover:
+        _handover.after_bind(sock, handover, primary=not worker)
+    children: list[subprocess.Popen] = []
+    if workers > 1 and not worker:
+        # the siblings must bind the port this process got (it may have been 0: "any free port")
+        sibling_spec = {**spec, "port": sock.getsockname()[1]}
+        for _ in range(workers - 1):
+            children.append(_start_sibling(sibling_spec))
     options = model_module.ServeOptions(
         host=spec.get("host", "127.0.0.1"),
         port=sock.getsockname()[1],

@@ -13,15 +13,22 @@ Kubernetes client are imported by the code paths that use them.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from prodml import hookimpl
-from prodml.core.config import ConfigPath, VariantConfig
+from prodml.core.config import ConfigPath, VariantConfig, config_base_dir
 from prodml.core.interfaces import DataSource, Endpoint, ModelRef, ModelServer, ModelStore, ServerStatus
 from prodml.core.plugins import Backend
 from prodml.core.versions import KSERVE_DEPLOYMENT_MODE, KSERVE_VERSION, TF_SERVING_VERSION
@@ -89,16 +96,39 @@ class KServeLocalConfig(KServeServerConfig):
     )
     state_dir: ConfigPath | None = Field(
         None,
-        description="folder for model caches, server logs and pid files "
-        "(default: $XDG_CACHE_HOME/prodml/serving or ~/.cache/prodml/serving)",
+        description="folder for model caches, server logs and server records "
+        "(default: $PRODML_STATE_HOME/serving; PRODML_STATE_HOME defaults to "
+        "$XDG_CACHE_HOME/prodml or ~/.cache/prodml)",
     )
+    project_dir: ConfigPath | None = Field(
+        None,
+        description="the project folder a running server belongs to; with the model name it "
+        "keys the server's record, so projects sharing a `project:` name never touch each "
+        "other's server (default: the config file's folder)",
+    )
+    _config_file: str | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _project_folder(self, info: ValidationInfo) -> KServeLocalConfig:
+        # filled in (not left None) so that it travels with the config into pipeline steps
+        if self.project_dir is None:
+            object.__setattr__(self, "project_dir", config_base_dir(info).resolve())
+        source_file = (info.context or {}).get("source_file")
+        self._config_file = str(source_file) if source_file else None
+        return self
 
     def resolved_state_dir(self) -> Path:
         """Where local-mode state lives (the same for every process using this config)."""
         if self.state_dir is not None:
             return Path(self.state_dir)
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return Path(base) / "prodml" / "serving"
+        from prodml.plugins.servers._state import default_root
+
+        return default_root()
+
+    @property
+    def config_file(self) -> str | None:
+        """The YAML file this config was read from (None when built in code or in a pipeline step)."""
+        return self._config_file
 
 
 #: Metrics KServe's Knative autoscaler scales on, which its Standard (raw deployment) mode,
@@ -263,6 +293,27 @@ class KServeServer(ModelServer):
         from prodml.plugins.servers import _local
 
         _local.undeploy(self.config, self.model_name(model_name))
+
+    def update(
+        self,
+        ref: ModelRef,
+        store: ModelStore,
+        source: DataSource | None = None,
+        *,
+        canary_percent: int | None = None,
+    ) -> Endpoint | None:
+        """Move the running server of this project's model to ``ref`` without a failed request."""
+        if self.config.mode == "cluster":
+            from prodml.plugins.servers import _cluster
+
+            return _cluster.update(
+                self.config, ref, store, source, self.model_name(ref), canary_percent=canary_percent
+            )
+        from prodml.plugins.servers import _local
+
+        return _local.update(
+            self.config, ref, store, source, self.model_name(ref), canary_percent=canary_percent
+        )
 
     def predict(self, endpoint: Endpoint, rows: Sequence[Sequence[float]]) -> list[Any]:
         """One V1 request with ``rows`` as instances; the predictions."""
