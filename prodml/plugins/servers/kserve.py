@@ -111,7 +111,7 @@ class KServeLocalConfig(KServeServerConfig):
     @model_validator(mode="after")
     def _project_folder(self, info: ValidationInfo) -> KServeLocalConfig:
         # filled in (not left None) so that it travels with the config into pipeline steps
-        if self.project_dir is None:
+        if self.project_dir is None and self.mode == "local":
             object.__setattr__(self, "project_dir", config_base_dir(info).resolve())
         source_file = (info.context or {}).get("source_file")
         self._config_file = str(source_file) if source_file else None
