@@ -81,9 +81,6 @@ def build_parser(plugin_commands: Sequence[Any] = ()) -> argparse.ArgumentParser
     add("models", "list the model versions in the configured store, and which is latest")
     p = add("ui", "a local dashboard of runs, model versions and live endpoints (web browser)")
     _ui_arguments(p)
-    p = add("k8s", "render Kubernetes manifests (KServe InferenceService, storage secret refs)")
-    p.add_argument("what", choices=["manifests"], help="what to render")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     from prodml.plugins.servers import ops  # status, stop: the local model servers
 
     ops.add_arguments(sub)
