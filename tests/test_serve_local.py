@@ -455,4 +455,5 @@ def test_cli_serve_and_predict(store_and_ref: tuple[Any, ModelRef], bundle: Path
         except subprocess.TimeoutExpired:
             serve.kill()
             serve.wait()
-    assert not (tmp_path / "state" / f"{NAME}.json").exists()
+    assert (tmp_path / "state" / "servers").is_dir()  # it was recorded while it served...
+    assert list((tmp_path / "state" / "servers").glob(f"{NAME}-*.json")) == []  # ...and not after
