@@ -258,7 +258,7 @@ def test_apply_sends_secret_account_and_inference_service(
 ) -> None:
     """deploy's requests: the storage Secret with real values (only here), its ServiceAccount,
     the InferenceService; a second apply replaces each (409 -> PUT with resourceVersion)."""
-    from tests.test_serve_manifests import ref_for, s3_store, write_bundle
+    from test_serve_manifests import ref_for, s3_store, write_bundle
 
     server, cert = api_server
     folder = service_account_folder(tmp_path, cert, "pod-token")
@@ -298,9 +298,10 @@ def test_update_canary_promote_and_rollback_requests(
     """_cluster.update against a real S3 store (SeaweedFS) and the stand-in API server: a canary
     keeps the served version stable, a second promote serves the new one alone, an update back
     is the rollback; with no InferenceService there is nothing to update."""
+    from test_serve_manifests import write_bundle
+
     from prodml.core.bundle import write_manifest
     from prodml.plugins.stores.s3 import S3Store, S3StoreConfig
-    from tests.test_serve_manifests import write_bundle
 
     server, cert = api_server
     folder = service_account_folder(tmp_path, cert, "pod-token")
