@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     # k8s come from the kserve plugin that way); see plugin_commands().
     "validate": "prodml.cli:cmd_validate",
     "plugins": "prodml.cli:cmd_plugins",
-    "models": "prodml.cli:cmd_models",
+    "models": "prodml.lifecycle_cli:models_command",
     "run": "prodml.runner.commands:run_command",
     "compile": "prodml.runner.commands:compile_command",
     "init": "prodml.scaffold:init_command",
@@ -69,6 +69,11 @@ def build_parser(plugin_commands: Sequence[Any] = ()) -> argparse.ArgumentParser
         action="store_true",
         help="leave the model server of the serve stage running after the run",
     )
+    p.add_argument(
+        "--force-promote",
+        action="store_true",
+        help="make the exported version latest even when the gate: section says it is worse",
+    )
     p = add("compile", "write the Kubeflow pipeline YAML for a config")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="pipeline YAML to write")
     p.add_argument(
@@ -78,7 +83,9 @@ def build_parser(plugin_commands: Sequence[Any] = ()) -> argparse.ArgumentParser
         help="skip validating the pipeline and the serve step's manifests against the pinned "
         "KFP backend and KServe schemas",
     )
-    add("models", "list the model versions in the configured store, and which is latest")
+    from prodml.lifecycle_cli import add_models_parser
+
+    add_models_parser(sub)
     p = add("ui", "a local dashboard of runs, model versions and live endpoints (web browser)")
     _ui_arguments(p)
     from prodml.plugins.servers import ops  # status, stop: the local model servers
@@ -276,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_handler(args.command, plugins)(args) or 0)
     except ProdmlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from prodml.core.errors import GatedError
+
+        print(f"{'gated' if isinstance(exc, GatedError) else 'error'}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -182,6 +182,23 @@ class FeatureInfo(BaseModel):
     dtype: str
 
 
+class Evaluation(BaseModel):
+    """How well the model did on rows it was not fitted on, recorded in prodml.json.
+
+    Two versions whose ``fingerprint`` is equal were measured on the same rows, so their
+    metrics compare directly; otherwise a gate re-scores one of them on the other's rows.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: dict[str, float] = Field(description="metric name (as compiled: loss, mae, ...) -> value")
+    rows: int = Field(description="number of evaluation rows")
+    fingerprint: str = Field(description="frame_fingerprint of the evaluation rows (features + label)")
+    split: str = Field(
+        "validation", description="which rows: `validation`, or `holdout` (trainer.evaluation)"
+    )
+
+
 class BundleMetadata(BaseModel):
     """prodml.json: what a bundle holds and how it was made.
 
@@ -201,6 +218,14 @@ class BundleMetadata(BaseModel):
     label_dtype: str = "float32"
     outputs: list[str] = Field(default_factory=lambda: ["prediction"])
     metrics: dict[str, float] = Field(default_factory=dict)
+    history: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="per-epoch values of the loss and every compiled metric (train and val_), "
+        "empty in bundles written before prodml recorded it",
+    )
+    evaluation: Evaluation | None = Field(
+        None, description="metrics on the evaluation rows; None when there were none (or older bundles)"
+    )
     training_data: dict[str, Any] = Field(
         default_factory=dict, description="rows and sha256 of the training frame"
     )

@@ -184,6 +184,27 @@ def _role_union(registry: Registry, role: Role) -> Any:
     return Annotated[Union[tuple(classes)], Discriminator(_tag_of)]  # noqa: UP007
 
 
+class GateConfig(BaseModel):
+    """``gate:``: a new version becomes ``latest`` only if it is no worse than the current one.
+
+    Both are measured on the same evaluation rows (the candidate's; the current ``latest``
+    is re-scored when its recorded rows differ). Without a ``gate:`` section every export
+    moves ``latest``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = Field(
+        description="an evaluation metric the model records, e.g. `loss`, `mae`, `accuracy` "
+        "(`val_loss` means `loss` on the evaluation rows)",
+        min_length=1,
+    )
+    mode: Literal["min", "max"] = Field("min", description="`min`: lower is better (losses); `max`: higher")
+    tolerance: float = Field(
+        0.0, ge=0, description="how much worse than the current latest (absolute) still passes"
+    )
+
+
 class ConfigBase(BaseModel):
     """The fixed top-level keys; role sections are added per registry."""
 
@@ -195,6 +216,9 @@ class ConfigBase(BaseModel):
     )
     stages: tuple[StageName, ...] = Field(
         STAGES, description="stages to run, in order: a contiguous part of fetch, train, export, serve"
+    )
+    gate: GateConfig | None = Field(
+        None, description="keep a new version out of `latest` unless it is no worse (see GateConfig)"
     )
     _source_file: Path | None = PrivateAttr(None)
     _base_dir: Path | None = PrivateAttr(None)
@@ -512,7 +536,7 @@ def _variant_hint(loc: tuple[Any, ...], key: str, data: Mapping[str, Any], regis
 def _allowed_keys(loc: tuple[Any, ...], data: Mapping[str, Any], registry: Registry) -> list[str]:
     """Keys allowed at ``loc`` (top level or a role section), for suggestions."""
     if not loc:
-        return ["project", "stages", *ROLES]
+        return ["project", "stages", "gate", *ROLES]
     if loc[0] in ROLES and len(loc) in (1, 2):
         section = data.get(loc[0])
         if isinstance(section, Mapping):

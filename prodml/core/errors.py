@@ -2,8 +2,9 @@
 
 Every error a user can cause (a bad config, bad data, an unreachable store, a broken model
 file) is a :class:`ProdmlError`. The CLI prints its message without a traceback and exits
-non-zero (2 for config errors, 1 otherwise). Messages name what is wrong and how to fix it,
-and never contain a credential.
+non-zero: 2 for config errors, 3 when a model gate kept a new version out of ``latest``
+(:class:`GatedError`), 1 otherwise; an interrupted command exits 130. Messages name what
+is wrong and how to fix it, and never contain a credential.
 """
 
 from __future__ import annotations
@@ -122,6 +123,20 @@ class ServingError(ProdmlError):
 
 class RunnerError(ProdmlError):
     """A run could not be started, resumed, compiled or submitted."""
+
+
+class GatedError(ProdmlError):
+    """A model gate kept a new version out of ``latest`` (exit status 3, not a failure).
+
+    The version is stored; ``latest`` and the served model did not change. ``decision``
+    is the :class:`prodml.lifecycle.GateDecision` that said no.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, hint: str | None = None, decision: object = None) -> None:
+        self.decision = decision
+        super().__init__(message, hint=hint)
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:

@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -114,6 +114,23 @@ class ModelRef(Value):
     store_type: str
     uri: str = Field(description="storage URI of the version folder (s3://, https://, file://)")
     digest: str = Field("", description="sha256 of the bundle's MANIFEST.sha256")
+
+
+#: Why ``latest`` moved: an export (gate passed or no gate), an explicit promote, a rollback,
+#: or an export that a gate held back and ``--force-promote`` let through.
+MoveReason = Literal["export", "promote", "rollback", "force-promote"]
+MOVE_REASONS: tuple[str, ...] = ("export", "promote", "rollback", "force-promote")
+
+
+class LatestMove(Value):
+    """One move of a model's ``latest`` pointer, as kept in the store's history."""
+
+    at: datetime
+    model_name: str
+    from_version: str | None = Field(description="what latest named before (None: the first move)")
+    to_version: str
+    reason: MoveReason
+    run_id: str | None = Field(None, description="the run that moved it (exports), when known")
 
 
 class ModelVersion(Value):
@@ -271,20 +288,53 @@ class Trainer(abc.ABC):
         """
         return False
 
+    def evaluation_rows(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of a fetched ``frame`` that :meth:`train` evaluates on (held out from fitting).
+
+        A model gate (``gate:``) re-scores the current ``latest`` on these rows when its
+        recorded evaluation used other rows.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support evaluation_rows")
+
+    def evaluate(
+        self, bundle_dir: Path, rows: pd.DataFrame, *, metrics_of: Path | None = None
+    ) -> dict[str, float]:
+        """Metrics of the bundle's model on ``rows`` (features then label), by metric name.
+
+        ``metrics_of`` names another bundle whose metric definitions to use, so that two
+        models are measured alike.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support evaluate")
+
 
 class ModelStore(abc.ABC):
-    """Keeps immutable, versioned model bundles.
+    """Keeps immutable, versioned model bundles and the ``latest`` pointer's history.
 
     Layout: ``<prefix>/<model>/versions/<version>/...`` plus ``<prefix>/<model>/latest``,
-    a pointer written only after every file of the version is stored and verified.
+    a pointer written only after every file of the version is stored and verified, and
+    ``<prefix>/<model>/history/``, one record per move of that pointer.
+
+    Moving ``latest`` must be atomic: a compare-and-swap against the pointer the caller saw
+    (conditional writes on object stores, rename under a lock on a filesystem). A backend
+    that cannot do that keeps the defaults of :meth:`move_latest` and
+    :meth:`latest_history`, which refuse, naming the class.
     """
+
+    #: ``expect`` default of :meth:`move_latest`: move from whatever latest is now
+    CURRENT: ClassVar[object] = object()
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
     @abc.abstractmethod
-    def push(self, bundle_dir: Path, model_name: str) -> ModelRef:
-        """Store ``bundle_dir`` as a new version of ``model_name`` and make it latest."""
+    def push(self, bundle_dir: Path, model_name: str, *, latest: bool = True) -> ModelRef:
+        """Store ``bundle_dir`` as a version of ``model_name``; with ``latest``, make it latest.
+
+        A push that meets a complete stored version with identical content returns that
+        version (no upload); one that meets different or incomplete content under the same
+        version id raises StoreError saying which and what to do. ``latest=False`` stores
+        the version without moving the pointer (a gated export).
+        """
 
     @abc.abstractmethod
     def pull(self, ref: ModelRef, dest: Path) -> Path:
@@ -334,6 +384,37 @@ class ModelStore(abc.ABC):
                 environment), to create the Secret; never rendered.
         """
         raise NotImplementedError(f"{type(self).__name__} does not support kserve_storage")
+
+    def move_latest(
+        self,
+        model_name: str,
+        version: str,
+        *,
+        reason: MoveReason,
+        run_id: str | None = None,
+        expect: str | object | None = CURRENT,
+    ) -> LatestMove:
+        """Point ``latest`` at the stored ``version`` in one atomic step; record the move.
+
+        Args:
+            model_name: the model.
+            version: a complete stored version id.
+            reason: why (``export``, ``promote``, ``rollback``, ``force-promote``).
+            run_id: the run that moved it, when a run did.
+            expect: the version the caller believes is latest now (``None``: none yet). When
+                latest has moved since, nothing changes and StoreError says so. The default
+                moves from whatever latest is at the moment of the swap.
+
+        Returns:
+            The move, as appended to :meth:`latest_history`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not support move_latest: it cannot move `latest` atomically"
+        )
+
+    def latest_history(self, model_name: str) -> list[LatestMove]:
+        """Every recorded move of ``model_name``'s ``latest``, oldest first."""
+        raise NotImplementedError(f"{type(self).__name__} does not support latest_history")
 
 
 class ModelServer(abc.ABC):

@@ -61,6 +61,10 @@ class Progress:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         self._print(f"[{self.index}/{self.total}] {stage:<6} FAILED  {seconds:6.1f}s  {first}")
 
+    def gated(self, stage: str, seconds: float) -> None:
+        """A gate kept the new version out of latest (the reason follows as the error)."""
+        self._print(f"[{self.index}/{self.total}] {stage:<6} GATED   {seconds:6.1f}s  stored, latest kept")
+
 
 def sample_instances(dataset_dir: Path, rows: int = SAMPLE_ROWS) -> list[list[float]] | None:
     """The first ``rows`` feature rows of a fetched dataset, as request instances."""

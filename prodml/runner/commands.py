@@ -35,6 +35,15 @@ def run_command(args: argparse.Namespace) -> int:
         "keep_serving": bool(getattr(args, "keep_serving", False)),
         "wait": bool(getattr(args, "wait", False)),
     }
+    if getattr(args, "force_promote", False):
+        if "force_promote" not in inspect.signature(runner.run).parameters:
+            raise ConfigError(
+                f"--force-promote is not supported by the {config.runner.type} runner",  # type: ignore[attr-defined]
+                file=args.config,
+                hint="run it with the local runner, or promote the stored version afterwards: "
+                "prodml models promote -c FILE VERSION",
+            )
+        options["force_promote"] = True
     runner.run(config, start_at=start_at, **_options_for(runner, options))
     return 0
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from prodml import hookimpl
 from prodml.core.config import STAGES
-from prodml.core.errors import ProdmlError, RunnerError
+from prodml.core.errors import GatedError, ProdmlError, RunnerError
 from prodml.core.interfaces import Endpoint, RunSummary
 from prodml.core.plugins import Backend
 from prodml.runner._config import PrintingRunner, RunnerSettings
@@ -67,6 +67,7 @@ class LocalRunner(PrintingRunner):
         start_at: str | None = None,
         run_id: str | None = None,
         keep_serving: bool = False,
+        force_promote: bool = False,
         registry: Registry | None = None,
         **_options: Any,
     ) -> RunSummary:
@@ -77,6 +78,7 @@ class LocalRunner(PrintingRunner):
             start_at: resume the latest run (or ``run_id``) from this stage.
             run_id: the run to resume (default: the latest).
             keep_serving: leave the model server of the serve stage running.
+            force_promote: move ``latest`` to the exported version even when the gate says no.
             registry: where plugins come from (default: the process-wide registry).
 
         Raises:
@@ -87,6 +89,7 @@ class LocalRunner(PrintingRunner):
         from prodml.runner._runs import RunFolder
 
         check_start(config, start_at)
+        self._force_promote = force_promote
         if run_id is not None and start_at is None:
             raise RunnerError("--run-id selects a run to resume; give --from STAGE as well")
         work_dir = self.config.work_dir
@@ -247,10 +250,26 @@ class LocalRunner(PrintingRunner):
                 elif stage == "train":
                     result = st.train(config, source, run.bundle_dir, registry=registry)  # type: ignore[arg-type]
                 elif stage == "export":
-                    result = st.export(config, source, run.root, registry=registry)  # type: ignore[arg-type]
+                    fetched = run.dataset_dir if run.dataset_dir.is_dir() else inputs.get("fetch")
+                    result = st.export(
+                        config,
+                        source,  # type: ignore[arg-type]
+                        run.root,
+                        registry=registry,
+                        dataset_dir=Path(fetched) if fetched else None,
+                        run_id=run.run_id,
+                        force_promote=getattr(self, "_force_promote", False),
+                    )
                 else:
                     result = st.serve(config, source, run.root, registry=registry)
                 break
+            except GatedError as exc:
+                # not a failure: the version is stored and latest (and the server) kept
+                elapsed = time.perf_counter() - started
+                progress.gated(stage, elapsed)
+                run.mark(stage, "gated", error=exc.message, seconds=round(elapsed, 3))
+                run.finish("gated", failed_stage=stage)
+                raise
             except KeyboardInterrupt:
                 run.mark(stage, "interrupted", seconds=round(time.perf_counter() - started, 3))
                 raise

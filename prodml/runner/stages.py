@@ -134,10 +134,34 @@ def train(
 
 
 def export(
-    config: ProdmlConfig, bundle_dir: Path, out_dir: Path, *, registry: Registry | None = None
+    config: ProdmlConfig,
+    bundle_dir: Path,
+    out_dir: Path,
+    *,
+    registry: Registry | None = None,
+    dataset_dir: Path | None = None,
+    run_id: str | None = None,
+    force_promote: bool = False,
 ) -> ModelRef:
-    """Push the bundle to the store as a new version; write ``out_dir/modelref.json``."""
+    """Store the bundle as a version; move ``latest`` to it unless the gate says no.
+
+    The version is always stored (versions are the history). ``latest`` moves when there
+    is no ``gate:``, when the new version is no worse than the current latest on the gate
+    metric (see :func:`prodml.lifecycle.gate_decision`), or with ``force_promote``. Writes
+    ``out_dir/modelref.json`` only when it moved, so a following serve stage never serves a
+    version the gate kept out.
+
+    Args:
+        dataset_dir: the fetch folder the bundle was trained from; the gate re-scores the
+            current latest on its evaluation rows when that one was measured on others.
+        run_id: recorded with the move in the store's history.
+        force_promote: move latest even when the gate says no (recorded as such).
+
+    Raises:
+        GatedError: the gate kept the version out of latest (exit status 3).
+    """
     from prodml.core.bundle import MANIFEST
+    from prodml.lifecycle import export_to_latest
 
     bundle_dir = Path(bundle_dir)
     if not (bundle_dir / MANIFEST).is_file():
@@ -147,7 +171,21 @@ def export(
             hint="run the train stage first (--from train)",
         )
     store = _create(registry, "store", config)
-    ref = store.push(bundle_dir, config.model_name)
+    ref = store.push(bundle_dir, config.model_name, latest=False)
+    rows = None
+    if config.gate is not None and dataset_dir is not None and (Path(dataset_dir) / DATASET_FILE).is_file():
+        rows, _schema = read_dataset(Path(dataset_dir))
+    export_to_latest(
+        config,
+        store,
+        ref,
+        bundle_dir=bundle_dir,
+        rows=rows,
+        run_id=run_id,
+        force_promote=force_promote,
+        follow_server="serve" not in config.stages,
+        registry=registry,
+    )
     ref.write(Path(out_dir) / MODELREF_FILE)
     log.info("export: %s version %s -> %s", ref.model_name, ref.version, ref.uri)
     return ref

@@ -27,6 +27,7 @@ import abc
 import contextlib
 import hashlib
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -36,7 +37,7 @@ import pytest
 from prodml.core import bundle as bundle_mod
 from prodml.core.bundle import MANIFEST, BundleMetadata, FeatureInfo, write_manifest
 from prodml.core.errors import BundleError, ProdmlError, StoreError
-from prodml.core.interfaces import ModelRef, ModelStore
+from prodml.core.interfaces import LatestMove, ModelRef, ModelStore
 from prodml.testing.base import BackendConformance
 
 MODEL = "conformance-model"
@@ -355,3 +356,134 @@ class ModelStoreConformance(BackendConformance):
         text = ref.to_json() + store.uri(ref)
         for secret in secrets:
             assert secret not in text
+
+    # -- idempotent pushes ------------------------------------------------------------------------
+
+    def test_an_identical_bundle_pushed_later_returns_the_stored_version(self, store, bundles, clock) -> None:
+        bundle = bundles()
+        clock("20250101T000000Z")
+        first = store.push(bundle, MODEL)
+        clock("20250101T000007Z")  # seconds later: another version id, the same content
+        again = store.push(bundle, MODEL)
+        assert again == first
+        assert [v.version for v in store.versions(MODEL)] == [first.version]
+
+    def test_two_pushes_of_one_bundle_at_once_both_get_the_version(self, store, bundles, clock) -> None:
+        """Two pipelines exporting the same model in the same second must not collide."""
+        bundle = bundles()
+        results: list[object] = []
+        barrier = threading.Barrier(2)
+
+        def push() -> None:
+            barrier.wait()
+            try:
+                results.append(store.push(bundle, MODEL))
+            except BaseException as exc:  # reported below
+                results.append(exc)
+
+        threads = [threading.Thread(target=push) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(isinstance(r, ModelRef) for r in results), results
+        assert results[0] == results[1]
+        assert store.resolve(MODEL) == results[0]
+        assert len(store.versions(MODEL)) == 1
+
+    def test_an_incomplete_version_with_other_content_is_named(self, store, bundles, raw, clock) -> None:
+        # a recent id: pushes clean up incomplete versions only once they are stale
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        clock(stamp)
+        bundle = bundles()
+        version = f"{stamp}-{bundle_mod.manifest_digest(bundle)[:8]}"
+        leftover = ModelRef(model_name=MODEL, version=version, store_type="x", uri="x://")
+        raw.write(leftover, "model.keras", b"what an interrupted push of other content left")
+        with pytest.raises(StoreError, match=rf"{version}.*incomplete") as caught:
+            store.push(bundle, MODEL)
+        assert caught.value.hint and "push again" in caught.value.hint
+        assert store.versions(MODEL) == []
+
+    # -- latest: moves and their history ---------------------------------------------------------
+
+    def test_push_without_latest_stores_but_does_not_move_it(self, store, bundles, clock) -> None:
+        clock("20250101T000000Z")
+        first = store.push(bundles(seed=1), MODEL, latest=False)
+        with pytest.raises(StoreError):
+            store.resolve(MODEL)  # nothing is latest yet
+        assert store.resolve(MODEL, first.version) == first
+        store.move_latest(MODEL, first.version, reason="promote")
+        clock("20250102T000000Z")
+        second = store.push(bundles(seed=2), MODEL, latest=False)
+        assert store.resolve(MODEL) == first
+        assert [v.latest for v in store.versions(MODEL)] == [False, True]
+        assert second.version in [v.version for v in store.versions(MODEL)]
+
+    def test_moves_are_recorded_oldest_first(self, store, two_versions) -> None:
+        first, second, *_ = two_versions
+        move = store.move_latest(MODEL, first.version, reason="rollback", run_id="run-7")
+        assert isinstance(move, LatestMove)
+        assert (move.from_version, move.to_version, move.reason) == (
+            second.version,
+            first.version,
+            "rollback",
+        )
+        assert store.resolve(MODEL) == first
+        history = store.latest_history(MODEL)
+        assert [(m.from_version, m.to_version, m.reason) for m in history] == [
+            (None, first.version, "export"),
+            (first.version, second.version, "export"),
+            (second.version, first.version, "rollback"),
+        ]
+        assert history[-1] == move
+        assert history[-1].run_id == "run-7"
+        assert all(m.model_name == MODEL for m in history)
+        assert history[0].at <= history[1].at <= history[2].at
+
+    def test_a_move_from_a_stale_latest_changes_nothing(self, store, two_versions) -> None:
+        first, second, *_ = two_versions
+        with pytest.raises(StoreError, match="moved meanwhile"):
+            store.move_latest(MODEL, first.version, reason="promote", expect=first.version)
+        assert store.resolve(MODEL) == second
+        assert len(store.latest_history(MODEL)) == 2
+
+    def test_concurrent_moves_from_one_latest_have_one_winner(
+        self, store, two_versions, bundles, clock
+    ) -> None:
+        first, second, *_ = two_versions
+        clock("20250103T000000Z")
+        third = store.push(bundles(seed=3), MODEL, latest=False)
+        outcomes: dict[str, object] = {}
+        barrier = threading.Barrier(2)
+
+        def move(target: ModelRef) -> None:
+            barrier.wait()
+            try:
+                outcomes[target.version] = store.move_latest(
+                    MODEL, target.version, reason="promote", expect=second.version
+                )
+            except StoreError as exc:
+                outcomes[target.version] = exc
+
+        threads = [threading.Thread(target=move, args=(t,)) for t in (first, third)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [v for v, o in outcomes.items() if isinstance(o, LatestMove)]
+        assert len(winners) == 1, outcomes
+        assert store.resolve(MODEL).version == winners[0]
+        assert [m.to_version for m in store.latest_history(MODEL)][-1] == winners[0]
+        assert len(store.latest_history(MODEL)) == 3
+
+    def test_moving_to_an_unknown_version_is_refused(self, store, two_versions) -> None:
+        _, second, *_ = two_versions
+        with pytest.raises(StoreError, match="20990101T000000Z-deadbeef"):
+            store.move_latest(MODEL, "20990101T000000Z-deadbeef", reason="promote")
+        with pytest.raises(StoreError, match="reason"):
+            store.move_latest(MODEL, second.version, reason="because")  # type: ignore[arg-type]
+        assert store.resolve(MODEL) == second
+        assert len(store.latest_history(MODEL)) == 2
+
+    def test_a_model_without_moves_has_an_empty_history(self, store) -> None:
+        assert store.latest_history("never-pushed") == []

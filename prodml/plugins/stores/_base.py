@@ -4,12 +4,23 @@ Layout under the store's prefix (the same for every backend)::
 
     <prefix>/<model>/versions/<version>/<file>      immutable, never overwritten
     <prefix>/<model>/versions/<version>/MANIFEST.sha256   written last: marks it complete
-    <prefix>/<model>/latest                          {"version": ..., "digest": ...}
+    <prefix>/<model>/latest                          {"version", "digest", "seq", "move"}
+    <prefix>/<model>/history/<seq>.json              one LatestMove per move of latest
 
 A push verifies the local bundle, uploads every file with a create-only (conditional)
 write, checks what landed, writes the manifest (also create-only) and only then moves the
-``latest`` pointer. A version without its manifest is an interrupted push: never listed,
-never resolved, never pulled. A pull downloads into a staging folder beside ``dest``,
+``latest`` pointer. A push meeting a complete version with the same content returns it.
+
+``latest`` moves by compare-and-swap: the new pointer is written only if the pointer is
+still the one read (``If-Match`` on its ETag, or ``If-None-Match: *`` for the first), and
+it carries the move itself and a sequence number, so the move is recorded in the same
+atomic write. The history record (``history/<seq>.json``, create-only) is written after it;
+a mover that died in between is repaired by the next move, and :meth:`latest_history`
+merges the pointer's own record meanwhile. A backend whose server ignores the condition is
+detected (a deliberately stale condition must fail) and refuses to move ``latest``.
+
+A version without its manifest is an interrupted push: never listed, never resolved,
+never pulled. A pull downloads into a staging folder beside ``dest``,
 checks every file against the manifest (whose hash must equal ``ModelRef.digest``) and
 renames the folder into place, so ``dest`` appears whole or not at all.
 
@@ -48,7 +59,7 @@ from prodml.core.bundle import (
     verify_bundle,
 )
 from prodml.core.errors import BundleError, ProdmlError, StoreError
-from prodml.core.interfaces import ModelRef, ModelStore, ModelVersion
+from prodml.core.interfaces import MOVE_REASONS, LatestMove, ModelRef, ModelStore, ModelVersion
 from prodml.core.logs import register_secret
 from prodml.plugins.stores._progress import TransferProgress
 
@@ -56,6 +67,11 @@ log = logging.getLogger("prodml.stores")
 
 LATEST = "latest"
 VERSIONS = "versions"
+HISTORY = "history"
+HISTORY_PATTERN = re.compile(r"^(\d{10})\.json$")
+#: an object written and then conditionally overwritten once per store, to check the server
+#: really enforces conditional writes before trusting them with ``latest``
+CAS_CHECK = ".prodml-conditional-write-check"
 #: ``20261129T173000Z-1a2b3c4d`` as made by :func:`prodml.core.bundle.new_version_id`
 VERSION_PATTERN = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{8}$")
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -63,6 +79,10 @@ MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 class VersionExists(Exception):
     """A create-only write found the object already there (raised by backend primitives)."""
+
+
+class WriteConflict(Exception):
+    """A conditional write found the object changed since it was read (or present/absent)."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +127,43 @@ def new_version(bundle_dir: Path) -> str:
     return bundle_mod.new_version_id(bundle_dir)
 
 
-def pointer_bytes(version: str, digest: str) -> bytes:
-    """Content of the ``latest`` pointer."""
-    body = {"version": version, "digest": digest, "updated_at": datetime.now(UTC).isoformat()}
+def pointer_bytes(version: str, digest: str, *, seq: int = 0, move: LatestMove | None = None) -> bytes:
+    """Content of the ``latest`` pointer: the version, and the move that set it (numbered)."""
+    body: dict[str, Any] = {
+        "version": version,
+        "digest": digest,
+        "updated_at": datetime.now(UTC).isoformat(),
+    }
+    if move is not None:
+        body["seq"] = seq
+        body["move"] = move.model_dump(mode="json")
     return (json.dumps(body, indent=2) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class PointerState:
+    """The ``latest`` pointer as read for a compare-and-swap."""
+
+    version: str | None
+    tag: str | None
+    seq: int = 0
+    move: LatestMove | None = None
+
+
+def parse_pointer_state(found: tuple[bytes, str] | None, where: str) -> PointerState:
+    """PointerState of a tagged pointer read (a pointer from before moves were numbered: seq 0)."""
+    if found is None:
+        return PointerState(None, None)
+    data, tag = found
+    version = parse_pointer(data, where)
+    seq, move = 0, None
+    try:
+        body = json.loads(data)
+        if isinstance(body, dict) and isinstance(body.get("seq"), int) and body.get("move"):
+            seq, move = body["seq"], LatestMove.model_validate(body["move"])
+    except ValueError:
+        pass
+    return PointerState(version, tag, seq, move)
 
 
 def parse_pointer(data: bytes, where: str) -> str:
@@ -245,6 +298,18 @@ class ObjectStore(ModelStore):
     def _abort_stale_uploads(self, prefix: str, older_than: datetime) -> None:
         """Abort unfinished multipart uploads under ``prefix`` begun before ``older_than``."""
 
+    def _read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The bytes of a small object and its entity tag, or None when it does not exist."""
+        raise NotImplementedError(f"{type(self).__name__} does not support conditional writes")
+
+    def _write_if(self, key: str, data: bytes, *, tag: str | None) -> None:
+        """Replace ``key`` only if its entity tag is still ``tag`` (None: only if absent).
+
+        Raises:
+            WriteConflict: the object changed (or appeared, or vanished) since it was read.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support conditional writes")
+
     @contextlib.contextmanager
     def _translate(self, action: str) -> Iterator[None]:
         """Turn SDK exceptions raised inside the block into StoreError (backends override)."""
@@ -261,6 +326,9 @@ class ObjectStore(ModelStore):
     def latest_key(self, model_name: str) -> str:
         return join_key(self.model_key(model_name), LATEST)
 
+    def history_key(self, model_name: str, seq: int) -> str:
+        return join_key(self.model_key(model_name), HISTORY, f"{seq:010d}.json")
+
     # -- the ModelStore API -----------------------------------------------------------------
 
     def uri(self, ref: ModelRef) -> str:
@@ -276,36 +344,86 @@ class ObjectStore(ModelStore):
             digest=digest,
         )
 
-    def push(self, bundle_dir: Path, model_name: str) -> ModelRef:
-        """Upload ``bundle_dir`` as a new immutable version, then point ``latest`` at it."""
+    def push(self, bundle_dir: Path, model_name: str, *, latest: bool = True) -> ModelRef:
+        """Upload ``bundle_dir`` as a new immutable version; with ``latest``, point latest at it.
+
+        A complete stored version with the same content (same manifest digest) is returned
+        as it is, whenever it was pushed: pushing a bundle twice stores it once.
+        """
         bundle_dir = Path(bundle_dir)
         check_model_name(model_name)
-        # file list now; contents are hashed once, while they are uploaded (_upload_version)
         # the file list only: contents are hashed while each file uploads
         manifest = verify_bundle(bundle_dir, contents=False)
         manifest_bytes = (bundle_dir / MANIFEST).read_bytes()
         digest = hashlib.sha256(manifest_bytes).hexdigest()
-        version = new_version(bundle_dir)
-        vkey = self.version_key(model_name, version)
         with self._translate(f"push {model_name} to"):
             if not self._prepared:
                 self._prepare()
                 self._prepared = True
-            existing = self._read(join_key(vkey, MANIFEST))
-            if existing is not None:
-                if hashlib.sha256(existing).hexdigest() != digest:
+            ref = self._find_identical(model_name, digest)
+            if ref is not None:
+                log.info("%s is already stored as version %s of %s", bundle_dir, ref.version, model_name)
+            else:
+                version = new_version(bundle_dir)
+                vkey = self.version_key(model_name, version)
+                existing = self._read(join_key(vkey, MANIFEST))
+                if existing is not None and hashlib.sha256(existing).hexdigest() != digest:
                     raise StoreError(
                         f"version {version} of {model_name!r} already exists in {self.describe()} "
                         "with different content; stored versions are never overwritten",
                         hint="push again in a second (version ids carry the time)",
                     )
-                log.info("version %s of %s is already stored; moving latest to it", version, model_name)
-            else:
-                self._cleanup(model_name)
-                self._upload_version(bundle_dir, manifest, manifest_bytes, model_name, version)
-            self._write(self.latest_key(model_name), pointer_bytes(version, digest), overwrite=True)
-        log.info("pushed %s version %s to %s", model_name, version, self.describe())
-        return self._ref(model_name, version, digest)
+                if existing is None:
+                    self._cleanup(model_name)
+                    self._upload_version(bundle_dir, manifest, manifest_bytes, model_name, version)
+                ref = self._ref(model_name, version, digest)
+                log.info("pushed %s version %s to %s", model_name, version, self.describe())
+        if latest and self._current_latest(model_name) != ref.version:
+            self.move_latest(model_name, ref.version, reason="export")
+        return ref
+
+    def _find_identical(self, model_name: str, digest: str) -> ModelRef | None:
+        """A complete stored version whose manifest has ``digest`` (ids end with its first 8 hex)."""
+        for version, info in sorted(self._scan(model_name).items()):
+            if not info["complete"] or not version.endswith("-" + digest[:8]):
+                continue
+            stored = self._read(join_key(self.version_key(model_name, version), MANIFEST))
+            if stored is not None and hashlib.sha256(stored).hexdigest() == digest:
+                return self._ref(model_name, version, digest)
+        return None
+
+    def _current_latest(self, model_name: str) -> str | None:
+        with self._translate(f"read the latest pointer of {model_name} in"):
+            return self._latest_version(model_name)
+
+    def _stored_sha256(self, key: str, size: int) -> str | None:
+        """sha256 of a stored object (None when it is gone), read in parts when it is big."""
+        if size < self.large_file_bytes:
+            data = self._read(key)
+            return None if data is None else hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256()
+        step = self.part_size(size)
+        for offset in range(0, size, step):
+            digest.update(self._read_range(key, offset, min(step, size - offset)))
+        return digest.hexdigest()
+
+    def _meets_existing(self, vkey: str, rel: str, size: int, expected: str, model_name: str) -> None:
+        """A create-only write of ``rel`` found an object: fine if it holds the same bytes.
+
+        That is another push of the same bundle, running now or interrupted earlier; its
+        files are this push's files. Different bytes are refused, naming the file.
+        """
+        if self._stored_sha256(join_key(vkey, rel), size) == expected:
+            return
+        version = vkey.rsplit("/", 1)[-1]
+        ttl = int(float(getattr(self.config, "stale_upload_seconds", 3600)))
+        raise StoreError(
+            f"version {version} of {model_name!r} in {self.describe()} is an incomplete version whose "
+            f"{rel} differs from this bundle's (an interrupted push, or a write behind prodml's back); "
+            "stored versions are never overwritten",
+            hint=f"push again in a second (version ids carry the time); pushes remove incomplete "
+            f"versions older than {ttl} s, or delete {self._location(vkey)} yourself",
+        )
 
     def _upload_version(
         self,
@@ -323,31 +441,33 @@ class ObjectStore(ModelStore):
         uploaded: list[str] = []
         hashes: dict[str, str] = {}
         try:
-            try:
-                with (
-                    TransferProgress(label, sum(sizes.values())) as progress,
-                    ThreadPoolExecutor(self.concurrency, thread_name_prefix="prodml-push") as pool,
-                ):
+            with (
+                TransferProgress(label, sum(sizes.values())) as progress,
+                ThreadPoolExecutor(self.concurrency, thread_name_prefix="prodml-push") as pool,
+            ):
 
-                    def put(rel: str) -> None:
-                        data = (bundle_dir / rel).read_bytes()
-                        hashes[rel] = hashlib.sha256(data).hexdigest()
+                def put(rel: str) -> None:
+                    data = (bundle_dir / rel).read_bytes()
+                    hashes[rel] = hashlib.sha256(data).hexdigest()
+                    try:
                         self._write(join_key(vkey, rel), data, overwrite=False)
+                    except VersionExists:
+                        self._meets_existing(vkey, rel, len(data), hashes[rel], model_name)
+                    else:
                         uploaded.append(rel)
-                        progress.add(len(data))
+                    progress.add(len(data))
 
-                    run_parallel(pool, [lambda rel=rel: put(rel) for rel in small])
-                    for rel in large:  # one at a time, its parts in parallel on the same pool
+                run_parallel(pool, [lambda rel=rel: put(rel) for rel in small])
+                for rel in large:  # one at a time, its parts in parallel on the same pool
+                    try:
                         hashes[rel] = self._put_in_parts(
                             join_key(vkey, rel), bundle_dir / rel, sizes[rel], progress, pool
                         )
+                    except VersionExists:
+                        self._meets_existing(vkey, rel, sizes[rel], manifest[rel], model_name)
+                        hashes[rel] = manifest[rel]
+                    else:
                         uploaded.append(rel)
-            except VersionExists:
-                raise StoreError(
-                    f"version {version} of {model_name!r} already has files in {self.describe()} "
-                    "(left by an interrupted push); stored versions are never overwritten",
-                    hint="push again in a second (version ids carry the time)",
-                ) from None
             changed = sorted(rel for rel, digest in manifest.items() if hashes.get(rel) != digest)
             if changed:
                 raise BundleError(
@@ -360,11 +480,15 @@ class ObjectStore(ModelStore):
                 self._write(join_key(vkey, MANIFEST), manifest_bytes, overwrite=False)
             except VersionExists:
                 uploaded.clear()  # the other push's version is complete: leave it alone
-                raise StoreError(
-                    f"version {version} of {model_name!r} was completed by another push meanwhile "
-                    f"in {self.describe()}; stored versions are never overwritten",
-                    hint="push again",
-                ) from None
+                stored = self._read(join_key(vkey, MANIFEST))
+                if stored != manifest_bytes:
+                    raise StoreError(
+                        f"version {version} of {model_name!r} was completed by another push meanwhile "
+                        f"in {self.describe()} with different content; stored versions are never "
+                        "overwritten",
+                        hint="push again in a second (version ids carry the time)",
+                    ) from None
+                # the same bundle, pushed at the same time by someone else: the same version
         except BaseException:
             # without its manifest the version is invisible; still, tidy what this push wrote
             if uploaded:
@@ -626,6 +750,118 @@ class ObjectStore(ModelStore):
             )
         return sorted(out, key=lambda v: v.version, reverse=True)
 
+    # -- moving latest -------------------------------------------------------------------
+
+    def move_latest(
+        self,
+        model_name: str,
+        version: str,
+        *,
+        reason: str,
+        run_id: str | None = None,
+        expect: str | object | None = ModelStore.CURRENT,
+    ) -> LatestMove:
+        """Point ``latest`` at ``version`` by compare-and-swap; see :meth:`ModelStore.move_latest`."""
+        if reason not in MOVE_REASONS:
+            raise StoreError(
+                f"unknown reason {reason!r} for moving latest; one of: {', '.join(MOVE_REASONS)}"
+            )
+        key = self.latest_key(model_name)
+        with self._translate(f"move latest of {model_name} in"):
+            target = self.resolve(model_name, version)
+            self._check_conditional_writes()
+            for _attempt in range(8):
+                state = parse_pointer_state(self._read_tagged(key), self._location(key))
+                if expect is not ModelStore.CURRENT and state.version != expect:
+                    raise self._moved_meanwhile(model_name, expect, state.version)
+                self._record_move(model_name, state)  # repairs a mover that died after its swap
+                move = LatestMove(
+                    at=datetime.now(UTC),
+                    model_name=model_name,
+                    from_version=state.version,
+                    to_version=target.version,
+                    reason=reason,  # type: ignore[arg-type]
+                    run_id=run_id,
+                )
+                body = pointer_bytes(target.version, target.digest, seq=state.seq + 1, move=move)
+                try:
+                    self._write_if(key, body, tag=state.tag)
+                except WriteConflict:
+                    if expect is not ModelStore.CURRENT:
+                        now = parse_pointer_state(self._read_tagged(key), self._location(key)).version
+                        raise self._moved_meanwhile(model_name, expect, now) from None
+                    continue  # someone else moved it between our read and write: read again
+                self._record_move(model_name, PointerState(target.version, None, state.seq + 1, move))
+                log.info("latest of %s: %s -> %s (%s)", model_name, state.version, target.version, reason)
+                return move
+        raise StoreError(
+            f"could not move latest of {model_name!r} in {self.describe()}: other moves kept changing it",
+            hint="try again when the other promotes/exports are done",
+        )
+
+    def _moved_meanwhile(self, model_name: str, expected: object, found: str | None) -> StoreError:
+        return StoreError(
+            f"latest of {model_name!r} in {self.describe()} is {found or 'unset'}, not "
+            f"{expected or 'unset'}: it was moved meanwhile, so nothing was changed",
+            hint="`prodml models history -c FILE` shows the moves; run the command again",
+        )
+
+    def _record_move(self, model_name: str, state: PointerState) -> None:
+        """Write the history record of the pointer's move when it is not there yet."""
+        if state.move is None or state.seq <= 0:
+            return
+        key = self.history_key(model_name, state.seq)
+        # VersionExists: already recorded (by the mover itself, or by an earlier repair)
+        with contextlib.suppress(VersionExists):
+            self._write(key, (state.move.model_dump_json(indent=2) + "\n").encode(), overwrite=False)
+
+    def _check_conditional_writes(self) -> None:
+        """Refuse to move latest when the server ignores a stale write condition."""
+        if getattr(self, "_conditional_writes_checked", False):
+            return
+        key = join_key(self.prefix, CAS_CHECK)
+        self._write(key, b"prodml checks that conditional writes are enforced\n", overwrite=True)
+        found = self._read_tagged(key)
+        if found is None:
+            raise StoreError(f"{self.describe()} lost an object it had just written ({key})")
+        stale = _stale_tag(found[1])
+        try:
+            self._write_if(key, b"this write must be refused\n", tag=stale)
+        except WriteConflict:
+            self._conditional_writes_checked = True
+            return
+        raise StoreError(
+            f"{self.describe()} ({type(self).__name__}) does not enforce conditional writes "
+            "(a write with a stale If-Match was accepted), so it cannot move `latest` atomically; "
+            "refusing to move it",
+            hint="use a server that honours If-Match on PUT (AWS S3, MinIO, SeaweedFS, Azure Blob)",
+        )
+
+    def latest_history(self, model_name: str) -> list[LatestMove]:
+        """Every recorded move of latest, oldest first (see :meth:`ModelStore.latest_history`)."""
+        base = join_key(self.model_key(model_name), HISTORY) + "/"
+        with self._translate(f"read the history of {model_name} in"):
+            keys = {}
+            for info in self._list(base):
+                match = HISTORY_PATTERN.match(info.key[len(base) :])
+                if match:
+                    keys[int(match.group(1))] = info.key
+            moves: dict[int, LatestMove] = {}
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="prodml-history") as pool:
+                for seq, data in zip(keys, pool.map(self._read, keys.values()), strict=True):
+                    if data is None:
+                        continue
+                    try:
+                        moves[seq] = LatestMove.model_validate_json(data)
+                    except ValueError:
+                        log.warning("skipping unreadable history record %s", self._location(keys[seq]))
+            pointer = self._read(self.latest_key(model_name))
+            if pointer is not None:
+                state = parse_pointer_state((pointer, ""), self._location(self.latest_key(model_name)))
+                if state.move is not None and state.seq not in moves:
+                    moves[state.seq] = state.move  # its mover died before writing the record
+        return [moves[seq] for seq in sorted(moves)]
+
     def pull(self, ref: ModelRef, dest: Path) -> Path:
         """Download ``ref`` into the folder ``dest`` (created), verified against its manifest.
 
@@ -761,6 +997,12 @@ class _Sink:
             thread.join()
         if self._error is not None and exc_type is None:
             raise self._error
+
+
+def _stale_tag(tag: str) -> str:
+    """An entity tag of the same shape as ``tag`` that is certainly not the current one."""
+    stale = re.sub(r"[0-9A-Za-z]", "0", tag)
+    return stale if stale != tag else re.sub(r"[0-9A-Za-z]", "1", tag)
 
 
 def inside(root: Path, rel: str) -> Path:

@@ -2,7 +2,8 @@
 
 Files are block blobs written create-only (``If-None-Match: *`` on the single put and on
 the block-list commit); every request body carries a transactional MD5 the service checks,
-and big files go up as blocks staged in parallel. A killed push leaves only uncommitted
+and big files go up as blocks staged in parallel. ``latest`` moves with an ``If-Match`` on
+the pointer blob's ETag. A killed push leaves only uncommitted
 blocks, which are invisible to readers and which Azure discards after seven days.
 """
 
@@ -29,6 +30,7 @@ from prodml.plugins.stores._base import (
     ObjectInfo,
     ObjectStore,
     VersionExists,
+    WriteConflict,
     store_error,
 )
 from prodml.plugins.stores._cluster_access import is_loopback
@@ -377,6 +379,41 @@ class AzureBlobStore(ObjectStore):
             if overwrite:
                 raise
             raise VersionExists(key) from None
+
+    def _read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            downloader = self.container.get_blob_client(key).download_blob()
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
+                raise
+            return None
+        return downloader.readall(), downloader.properties.etag
+
+    def _write_if(self, key: str, data: bytes, *, tag: str | None) -> None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+
+        blob = self.container.get_blob_client(key)
+        try:
+            if tag is None:
+                blob.upload_blob(data, length=len(data), overwrite=False, validate_content=True)
+            else:
+                blob.upload_blob(
+                    data,
+                    length=len(data),
+                    overwrite=True,
+                    validate_content=True,
+                    etag=tag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            raise WriteConflict(key) from None
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
+                raise
+            raise WriteConflict(key) from None
 
     def _begin_upload(self, key: str) -> Any:
         return self.container.get_blob_client(key)

@@ -2,12 +2,17 @@
 
 A push copies the bundle into a staging folder under the model's folder, verifies the copy
 against its manifest and renames it to ``versions/<version>`` in one step, so a version
-appears whole or not at all; ``latest`` is replaced atomically after that.
+appears whole or not at all; ``latest`` is replaced atomically after that. Moving ``latest``
+is a compare-and-swap under an exclusive ``flock`` on ``<model>/.latest.lock`` (the entity tag
+is the pointer's sha256), completed by an atomic rename, so readers never see a partial
+pointer and two movers never both win.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 import time
@@ -29,6 +34,7 @@ from prodml.plugins.stores._base import (
     ObjectInfo,
     ObjectStore,
     VersionExists,
+    WriteConflict,
     join_key,
 )
 from prodml.plugins.stores._progress import TransferProgress
@@ -125,6 +131,25 @@ class LocalStore(ObjectStore):
         finally:
             tmp.unlink(missing_ok=True)
 
+    def _read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        data = self._read(key)
+        return None if data is None else (data, hashlib.sha256(data).hexdigest())
+
+    def _write_if(self, key: str, data: bytes, *, tag: str | None) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(f".{path.name}.lock"), "a+b") as lock:
+            # the read and the rename happen under one lock, so the swap is atomic for
+            # every writer; readers need no lock (the rename is atomic)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                found = self._read_tagged(key)
+                if (found[1] if found is not None else None) != tag:
+                    raise WriteConflict(key)
+                self._write(key, data, overwrite=True)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
     def _read_range(self, key: str, offset: int, length: int) -> bytes:
         with open(self._path(key), "rb") as fh:
             return os.pread(fh.fileno(), length, offset)
@@ -191,6 +216,16 @@ class LocalStore(ObjectStore):
                 # rename refuses a non-empty target: an existing version is never replaced
                 os.rename(staging, final)
             except OSError:
+                stored = final / MANIFEST
+                if stored.is_file() and stored.read_bytes() == manifest_bytes:
+                    return  # the same bundle, pushed at the same time by someone else
+                if not stored.is_file():
+                    raise StoreError(
+                        f"version {version} of {model_name!r} in {self.describe()} is an incomplete "
+                        f"version (files without {MANIFEST}, written behind prodml's back) that differs "
+                        "from this bundle; stored versions are never overwritten",
+                        hint=f"push again in a second (version ids carry the time), or delete {final}",
+                    ) from None
                 raise StoreError(
                     f"version {version} of {model_name!r} already exists in {self.describe()}; "
                     "stored versions are never overwritten",

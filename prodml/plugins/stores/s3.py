@@ -1,6 +1,7 @@
 """The ``s3`` store: AWS S3, MinIO, SeaweedFS or any S3-compatible object store.
 
-Uploads are create-only (``If-None-Match: *`` on PutObject and CompleteMultipartUpload)
+Uploads are create-only (``If-None-Match: *`` on PutObject and CompleteMultipartUpload),
+``latest`` moves with ``If-Match`` on the pointer's ETag,
 and carry ``Content-MD5`` on every request, so the server rejects bytes damaged in
 transit; big files go up in parallel multipart parts. botocore's checksum settings are
 pinned to ``when_required`` because boto3 >= 1.36 otherwise adds CRC headers that several
@@ -30,6 +31,7 @@ from prodml.plugins.stores._base import (
     ObjectInfo,
     ObjectStore,
     VersionExists,
+    WriteConflict,
     store_error,
 )
 from prodml.plugins.stores._cluster_access import is_loopback, s3_secret_annotations
@@ -306,6 +308,35 @@ class S3Store(ObjectStore):
         except ClientError as exc:
             if not overwrite and self._code(exc) in CONFLICT:
                 raise VersionExists(key) from None
+            raise
+
+    def _read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.config.bucket, Key=key)
+        except ClientError as exc:
+            if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return response["Body"].read(), response["ETag"]
+
+    def _write_if(self, key: str, data: bytes, *, tag: str | None) -> None:
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
+        try:
+            self.client.put_object(
+                Bucket=self.config.bucket,
+                Key=key,
+                Body=data,
+                ContentMD5=_b64(hashlib.md5(data).digest()),
+                **condition,
+            )
+        except ClientError as exc:
+            # AWS answers If-Match on a missing key with 404, others with 412
+            if self._code(exc) in CONFLICT | {"NoSuchKey", "404", "NotFound"}:
+                raise WriteConflict(key) from None
             raise
 
     def _begin_upload(self, key: str) -> Any:

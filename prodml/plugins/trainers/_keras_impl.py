@@ -38,6 +38,7 @@ from prodml.core.bundle import (
     KERAS_FILE,
     SAVED_MODEL_DIR,
     BundleMetadata,
+    Evaluation,
     FeatureInfo,
     frame_fingerprint,
     verify_bundle,
@@ -45,7 +46,7 @@ from prodml.core.bundle import (
 )
 from prodml.core.errors import BundleError, DataError, TrainingError
 from prodml.core.interfaces import TrainResult, TrainSpec
-from prodml.plugins.trainers.keras import DEFAULT_FUNCTIONS, KerasTrainerConfig, ModelSpec
+from prodml.plugins.trainers.keras import DEFAULT_FUNCTIONS, KerasTrainerConfig, ModelSpec, split_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,15 +93,23 @@ def train(
         )
     features = list(spec.feature_names)
     x, y = training_arrays(frame, features, spec.label)
-    n_val = math.floor(len(x) * config.validation_split)
+    split = split_rows(len(x), config)
+    n_val = split.validation
     if config.validation_split and n_val == 0:
         log.warning(
             "validation_split %s of %d rows leaves no validation row; training without validation",
             config.validation_split,
             len(x),
         )
-    x_train, y_train = x[: len(x) - n_val], y[: len(x) - n_val]
-    validation = (x[len(x) - n_val :], y[len(x) - n_val :]) if n_val else None
+    if split.holdout and split.evaluation == 0:
+        log.warning(
+            "trainer.evaluation %s of %d rows leaves no evaluation row; no evaluation is recorded",
+            config.evaluation,
+            len(x),
+        )
+    x_train, y_train = x[: split.fit], y[: split.fit]
+    validation = (x[split.fit : split.fit + n_val], y[split.fit : split.fit + n_val]) if n_val else None
+    x_eval, y_eval = x[split.evaluation_start :], y[split.evaluation_start :]
 
     # seeded before the user's module runs, in case its top level draws random numbers
     seed_everything(config.seed)
@@ -132,24 +141,34 @@ def train(
             )
         custom = check_custom_code(model, config, user)
         if worker is not None:
-            metrics, epochs, _history = worker.fit(
+            metrics, epochs, history = worker.fit(
                 model, x_train, y_train, validation, config, EpochProgress(config.epochs)
             )
             model = worker.plain_copy(model)
         else:
-            metrics, epochs = fit(model, x_train, y_train, validation, config)
+            metrics, epochs, history = fit(model, x_train, y_train, validation, config)
     else:
         columns = [*features, spec.label]
+        # a held-out evaluation tail is not the user's to train on
+        rows = frame[columns].iloc[: split.evaluation_start if split.holdout else None]
         with in_scope:
-            model = call_user(user, frame[columns].copy(), model_spec)
+            model = call_user(user, rows.copy(), model_spec)
         if worker is not None:
             worker.check_in_scope(model, user.label)
             model = worker.plain_copy(model)
         output_width = check_model(model, len(features), user)
         custom = check_custom_code(model, config, user)
-        metrics, epochs = fitted_metrics(model, x_train, y_train, validation, user)
+        metrics, epochs, history = fitted_metrics(model, x_train, y_train, validation, user)
     if worker is not None and not worker.is_chief:
         return TrainResult(bundle_dir=out_dir, metrics=metrics, epochs=epochs)
+    evaluation = None
+    if len(x_eval) and getattr(model, "compiled", False):
+        evaluation = Evaluation(
+            metrics=_evaluate(model, x_eval, y_eval, ""),
+            rows=len(x_eval),
+            fingerprint=frame_fingerprint(frame[[*features, spec.label]].iloc[split.evaluation_start :]),
+            split="holdout" if split.holdout else "validation",
+        )
 
     metadata = BundleMetadata(
         name=spec.model_name,
@@ -158,6 +177,8 @@ def train(
         label_dtype=str(frame[spec.label].dtype),
         outputs=[OUTPUT_NAME],
         metrics=metrics,
+        history=history,
+        evaluation=evaluation,
         # the whole frame, as DataSource.schema fingerprints it, so the two can be compared
         training_data={"rows": len(frame), "sha256": frame_fingerprint(frame)},
         feature_refs=list(spec.schema_.feature_refs),
@@ -173,6 +194,7 @@ def train(
             "batch_size": config.batch_size,
             "validation_split": config.validation_split,
             "validation_rows": n_val,
+            "evaluation": config.evaluation,
             "seed": config.seed,
             "params": json.loads(json.dumps(dict(config.params), default=str)),
             "custom_code": custom,
@@ -528,8 +550,12 @@ def fit(
     y: np.ndarray,
     validation: tuple[np.ndarray, np.ndarray] | None,
     config: KerasTrainerConfig,
-) -> tuple[dict[str, float], int]:
-    """Fit with prodml's settings; stop with a TrainingError on a NaN loss."""
+) -> tuple[dict[str, float], int, dict[str, list[float]]]:
+    """Fit with prodml's settings; stop with a TrainingError on a NaN loss.
+
+    Returns:
+        The last epoch's metrics, the number of epochs run and the per-epoch history.
+    """
     guard = NanGuard()
     try:
         history = model.fit(
@@ -558,7 +584,12 @@ def fit(
             "spec.feature_mean/spec.feature_variance), or look for extreme label values",
         )
     metrics = {k: float(v[-1]) for k, v in history.history.items() if v}
-    return metrics, len(history.epoch)
+    return metrics, len(history.epoch), _per_epoch(history)
+
+
+def _per_epoch(history: keras.callbacks.History) -> dict[str, list[float]]:
+    """``History.history`` as plain floats (loss and every compiled metric, train and val_)."""
+    return {k: [float(np.asarray(x)) for x in v] for k, v in history.history.items() if v}
 
 
 def fitted_metrics(
@@ -567,12 +598,14 @@ def fitted_metrics(
     y: np.ndarray,
     validation: tuple[np.ndarray, np.ndarray] | None,
     user: _UserFunction,
-) -> tuple[dict[str, float], int]:
-    """Metrics of a model the user's ``train(frame, spec)`` fitted itself."""
+) -> tuple[dict[str, float], int, dict[str, list[float]]]:
+    """Metrics (last epoch), epochs and per-epoch history of a model the user fitted itself."""
     history = getattr(model, "history", None)
+    per_epoch: dict[str, list[float]] = {}
     if isinstance(history, keras.callbacks.History) and history.history:
         metrics = {k: float(v[-1]) for k, v in history.history.items() if v}
         epochs = len(history.epoch)
+        per_epoch = _per_epoch(history)
     elif getattr(model, "compiled", False):
         metrics = _evaluate(model, x, y, "")
         if validation is not None:
@@ -588,7 +621,7 @@ def fitted_metrics(
             f"{', '.join(bad) if bad else 'predictions'}; no bundle was written",
             hint="lower the learning rate or scale the features",
         )
-    return metrics, epochs
+    return metrics, epochs, per_epoch
 
 
 def _evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, prefix: str) -> dict[str, float]:
@@ -777,3 +810,40 @@ def _bundle_code_objects(bundle_dir: Path, metadata: BundleMetadata) -> dict[str
     except TrainingError as exc:
         raise BundleError(exc.message) from exc
     return {k: v for k, v in vars(module).items() if inspect.isclass(v) or inspect.isfunction(v)}
+
+
+# -- evaluating ----------------------------------------------------------------------------
+
+
+def compile_config(bundle_dir: Path) -> dict[str, Any] | None:
+    """The loss/metrics/optimizer a bundle's model was compiled with (from model.keras)."""
+    path = bundle_dir / KERAS_FILE
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json")).get("compile_config")
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as exc:
+        raise BundleError(f"{path} is not a Keras model file: {exc}") from exc
+
+
+def evaluate_bundle(
+    bundle_dir: Path, rows: pd.DataFrame, *, metrics_of: Path | None, trust_model_code: bool
+) -> dict[str, float]:
+    """See :meth:`prodml.plugins.trainers.keras.KerasTrainer.evaluate`."""
+    model, metadata = load_bundle(bundle_dir, trust_model_code=trust_model_code)
+    definitions = compile_config(metrics_of or bundle_dir)
+    if not definitions:
+        raise BundleError(
+            f"the model in {metrics_of or bundle_dir} was saved without compiled loss and metrics, "
+            "so it cannot be evaluated",
+            hint="compile the model (model.compile(loss=..., metrics=[...])) in the model code",
+        )
+    x, y = training_arrays(rows, metadata.feature_names, metadata.label)
+    try:
+        model.compile_from_config(definitions)
+    except Exception as exc:
+        raise BundleError(
+            f"cannot rebuild the loss and metrics of {metrics_of or bundle_dir}: "
+            f"{type(exc).__name__}: {_first_line(exc)}",
+            hint="custom losses or metrics load only with trainer.trust_model_code: true",
+        ) from exc
+    return _evaluate(model, x, y, "")

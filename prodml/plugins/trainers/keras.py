@@ -22,6 +22,7 @@ is done in :mod:`prodml.plugins.trainers._keras_impl`, imported on first use.
 from __future__ import annotations
 
 import keyword
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,14 @@ class KerasTrainerConfig(PluginConfig):
         lt=1.0,
         description="fraction of rows (the last ones, not shuffled) held out for validation metrics",
     )
+    evaluation: Literal["validation"] | float = Field(
+        "validation",
+        description=(
+            "rows every version is evaluated on (recorded in prodml.json, compared by `gate:`): "
+            "`validation` (the validation rows), or a fraction such as 0.1 — the last rows of the "
+            "frame, held out from fitting and validation"
+        ),
+    )
     seed: int = Field(
         42,
         ge=0,
@@ -102,6 +111,13 @@ class KerasTrainerConfig(PluginConfig):
         resolved = resolve_path(Path(path), info)
         return f"{resolved}:{function}" if function else str(resolved)
 
+    @field_validator("evaluation")
+    @classmethod
+    def _fraction(cls, value: Any) -> Any:
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError(f"must be `validation` or a fraction between 0 and 1 (exclusive), not {value}")
+        return value
+
     @property
     def model_path(self) -> Path:
         """The model file (absolute once the config is validated with a base dir)."""
@@ -121,6 +137,37 @@ def split_model_ref(value: str) -> tuple[str, str | None]:
     if not sep or not path or "/" in function or "\\" in function or function.endswith(".py"):
         return value, None
     return path, function
+
+
+@dataclass(frozen=True)
+class RowSplit:
+    """How the trainer splits a frame of ``rows`` rows (always in order, never shuffled).
+
+    Rows ``[0, fit)`` are fitted on, ``[fit, fit + validation)`` validate, and the
+    evaluation rows are ``[evaluation_start, rows)``: the validation rows by default, or a
+    held-out tail (``trainer.evaluation: 0.1``) that neither fitting nor validation sees.
+    """
+
+    rows: int
+    fit: int
+    validation: int
+    evaluation_start: int
+    holdout: bool
+
+    @property
+    def evaluation(self) -> int:
+        return self.rows - self.evaluation_start
+
+
+def split_rows(rows: int, config: KerasTrainerConfig) -> RowSplit:
+    """The :class:`RowSplit` of ``rows`` rows under ``config``."""
+    if config.evaluation == "validation":
+        validation = math.floor(rows * config.validation_split)
+        return RowSplit(rows, rows - validation, validation, rows - validation, holdout=False)
+    held = math.floor(rows * float(config.evaluation))
+    rest = rows - held
+    validation = math.floor(rest * config.validation_split)
+    return RowSplit(rows, rest - validation, validation, rest, holdout=True)
 
 
 @dataclass(frozen=True)
@@ -184,6 +231,31 @@ class KerasTrainer(Trainer):
     def uses_store(self, project: ProdmlConfig) -> bool:
         """A TFJob's chief pushes the bundle to the store; the train step pulls it back."""
         return self._cluster_job(project)
+
+    def evaluation_rows(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows :meth:`train` evaluates on: the validation rows, or the held-out tail."""
+        split = split_rows(len(frame), self.config)
+        return frame.iloc[split.evaluation_start :]
+
+    def evaluate(
+        self, bundle_dir: Path, rows: pd.DataFrame, *, metrics_of: Path | None = None
+    ) -> dict[str, float]:
+        """Loss and compiled metrics of the bundle's model on ``rows`` (features then label).
+
+        Args:
+            bundle_dir: the bundle to score (verified and loaded with :func:`load_bundle`).
+            rows: a frame holding the bundle's feature columns and its label.
+            metrics_of: another bundle whose loss and metrics to use, so that two models are
+                measured alike (default: the bundle's own).
+        """
+        from prodml.plugins.trainers import _keras_impl
+
+        return _keras_impl.evaluate_bundle(
+            Path(bundle_dir),
+            rows,
+            metrics_of=Path(metrics_of) if metrics_of else None,
+            trust_model_code=self.config.trust_model_code,
+        )
 
 
 def load_bundle(bundle_dir: Path, *, trust_model_code: bool = False) -> tuple[keras.Model, BundleMetadata]:
