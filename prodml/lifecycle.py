@@ -178,6 +178,17 @@ def _follow(
         return None
 
 
+def move_latest(store: ModelStore, model_name: str, version: str, **kwargs: Any) -> LatestMove:
+    """``store.move_latest``; a store that cannot move atomically is refused, by name."""
+    try:
+        return store.move_latest(model_name, version, **kwargs)
+    except NotImplementedError as exc:
+        raise StoreError(
+            f"the {type(store).__name__} store cannot move `latest` atomically ({exc}); refusing to move it",
+            hint="use a store whose backend implements ModelStore.move_latest (local, s3, azure_blob)",
+        ) from None
+
+
 def _check_canary(config: ProdmlConfig, canary: int | None) -> None:
     if canary is None:
         return
@@ -228,7 +239,9 @@ def promote(
     _, current = _current(store, config.model_name)
     move = None
     if current != ref.version:
-        move = store.move_latest(config.model_name, ref.version, reason=reason, run_id=run_id, expect=current)
+        move = move_latest(
+            store, config.model_name, ref.version, reason=reason, run_id=run_id, expect=current
+        )
     endpoint = _follow(config, store, ref, canary=canary, registry=registry)
     return MoveResult(ref=ref, previous=current, move=move, endpoint=endpoint, canary_percent=canary)
 
@@ -257,7 +270,14 @@ def rollback(config: ProdmlConfig, *, registry: Registry | None = None) -> MoveR
         StoreError: nothing was latest before the current version.
     """
     store = open_store(config, registry)
-    moves = store.latest_history(config.model_name)
+    try:
+        moves = store.latest_history(config.model_name)
+    except NotImplementedError as exc:
+        raise StoreError(
+            f"the {type(store).__name__} store keeps no history of `latest` ({exc}), so there is no "
+            "earlier version to roll back to",
+            hint="`prodml models promote -c FILE VERSION` names the version instead",
+        ) from None
     _, current = _current(store, config.model_name)
     if current is None:
         raise StoreError(
@@ -273,7 +293,7 @@ def rollback(config: ProdmlConfig, *, registry: Registry | None = None) -> MoveR
             "VERSION` makes any stored version latest",
         )
     ref = store.resolve(config.model_name, target)
-    move = store.move_latest(config.model_name, target, reason="rollback", expect=current)
+    move = move_latest(store, config.model_name, target, reason="rollback", expect=current)
     endpoint = _follow(config, store, ref, canary=None, registry=registry)
     return MoveResult(ref=ref, previous=current, move=move, endpoint=endpoint)
 
@@ -565,8 +585,8 @@ def export_to_latest(
         log.info("gate: %s", decision.reason)
     if decision.champion == ref.version:
         return decision, None
-    move = store.move_latest(
-        ref.model_name, ref.version, reason=reason, run_id=run_id, expect=decision.champion
+    move = move_latest(
+        store, ref.model_name, ref.version, reason=reason, run_id=run_id, expect=decision.champion
     )
     if follow_server:
         _follow(config, store, ref, canary=None, registry=registry)

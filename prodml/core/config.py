@@ -537,6 +537,8 @@ def _allowed_keys(loc: tuple[Any, ...], data: Mapping[str, Any], registry: Regis
     """Keys allowed at ``loc`` (top level or a role section), for suggestions."""
     if not loc:
         return ["project", "stages", "gate", *ROLES]
+    if loc == ("gate",):
+        return list(GateConfig.model_fields)
     if loc[0] in ROLES and len(loc) in (1, 2):
         section = data.get(loc[0])
         if isinstance(section, Mapping):
