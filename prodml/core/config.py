@@ -185,11 +185,12 @@ def _role_union(registry: Registry, role: Role) -> Any:
 
 
 class GateConfig(BaseModel):
-    """``gate:``: a new version becomes ``latest`` only if it is no worse than the current one.
+    """A new version becomes `latest` only if it is no worse than the current one.
 
-    Both are measured on the same evaluation rows (the candidate's; the current ``latest``
-    is re-scored when its recorded rows differ). Without a ``gate:`` section every export
-    moves ``latest``.
+    Both are measured on the same evaluation rows (the candidate's; the current `latest` is
+    re-scored when its recorded rows differ). A version the gate keeps out is still stored,
+    and the run exits with status 3. Without a `gate:` section every export moves `latest`.
+    See docs/lifecycle.md.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

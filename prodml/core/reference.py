@@ -16,7 +16,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from prodml.core.config import ConfigBase
+from prodml.core.config import ConfigBase, GateConfig
 from prodml.core.interfaces import ROLES
 from prodml.core.plugins import Registry
 
@@ -98,6 +98,8 @@ def generate(registry: Registry | None = None) -> str:
         "| `source`, `trainer`, `store`, `server`, `runner` | section | see below | "
         "one backend per role, chosen by `type` |"
     )
+    out += ["", "## `gate`", "", inspect.getdoc(GateConfig) or "", ""]
+    out += field_rows(GateConfig)
     for role in ROLES:
         out += ["", f"## `{role}`", ""]
         for name, installed in sorted(registry.types(role).items()):
