@@ -15,7 +15,8 @@ What is here:
   :class:`ModelStore`, :class:`ModelServer`, :class:`Runner`, and the values they exchange
   (:class:`DatasetSchema`, :class:`TrainSpec`, :class:`TrainResult`, :class:`ModelRef`,
   :class:`ModelVersion`, :class:`Endpoint`, :class:`ServerStatus`, :class:`RunSummary`,
-  and for a store's cluster capabilities :class:`SecretEnv` and :class:`KServeStorage`);
+  for a store's cluster capabilities :class:`SecretEnv` and :class:`KServeStorage`, and for
+  moving ``latest`` :class:`LatestMove` and :data:`MOVE_REASONS`);
 * the errors a user can cause, all :class:`ProdmlError` (the CLI prints them without a
   traceback);
 * the bundle helpers a store or trainer needs: :func:`verify_bundle`,
@@ -60,6 +61,8 @@ _SOURCES: dict[str, str] = {
     "RunSummary": "prodml.core.interfaces",
     "SecretEnv": "prodml.core.interfaces",
     "KServeStorage": "prodml.core.interfaces",
+    "LatestMove": "prodml.core.interfaces",
+    "MOVE_REASONS": "prodml.core.interfaces",
     # errors
     "ProdmlError": "prodml.core.errors",
     "ConfigError": "prodml.core.errors",
@@ -71,6 +74,7 @@ _SOURCES: dict[str, str] = {
     "RunnerError": "prodml.core.errors",
     "PluginError": "prodml.core.errors",
     "MissingDependencyError": "prodml.core.errors",
+    "GatedError": "prodml.core.errors",
     # the bundle
     "MANIFEST": "prodml.core.bundle",
     "METADATA": "prodml.core.bundle",
@@ -91,6 +95,7 @@ _SOURCES: dict[str, str] = {
 __all__ = [
     "MANIFEST",
     "METADATA",
+    "MOVE_REASONS",
     "ROLES",
     "Backend",
     "BundleError",
@@ -103,7 +108,9 @@ __all__ = [
     "DatasetSchema",
     "Endpoint",
     "FeatureInfo",
+    "GatedError",
     "KServeStorage",
+    "LatestMove",
     "MissingDependencyError",
     "ModelRef",
     "ModelServer",
@@ -174,6 +181,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
         BundleError,
         ConfigError,
         DataError,
+        GatedError,
         MissingDependencyError,
         PluginError,
         ProdmlError,
@@ -184,11 +192,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load on 
     )
     from prodml.core.hookspecs import hookimpl
     from prodml.core.interfaces import (
+        MOVE_REASONS,
         ROLES,
         DatasetSchema,
         DataSource,
         Endpoint,
         KServeStorage,
+        LatestMove,
         ModelRef,
         ModelServer,
         ModelStore,
