@@ -1,8 +1,8 @@
 """Benchmark the model stores: prodml's push/pull side by side with single-stream and s5cmd.
 
-    python bench/store.py                 # a 512 MB bundle (the issue's size)
-    python bench/store.py --size-mb 128   # lighter, when the machine is busy
-    python bench/store.py --quick         # 64 MB, a smoke run
+    python bench/store.py                 # 64 MB and 512 MB bundles, 3 shuffled rounds each
+    python bench/store.py --size-mb 128   # one size only
+    python bench/store.py --quick         # 64 MB only, a smoke run
 
 Measured in one run, against real servers started on loopback (SeaweedFS for S3, Azurite
 for Azure Blob), on the same bundle: one big weights file plus a few small files, the way a
@@ -13,12 +13,13 @@ Keras SavedModel bundle looks.
 * Azure: prodml's ``azure_blob`` store vs one ``upload_blob`` / ``download_blob`` per file
   with ``max_concurrency=1``.
 
-prodml's figures include its integrity work (hashing the bundle against its manifest
-before a push, MD5 per request, verifying every file after a pull); the baselines do none.
-The contestants run in turn, round after round (``--repeat``), and each figure is the
-best round: other processes on a shared machine only ever slow a run down.
-Targets (issue 5): >= 2x the single-stream baseline, >= 0.8x s5cmd. Results also go to
-bench/.out/store.json. Tests never assert timings; this script only reports.
+prodml's figures include its integrity work (sha256 of every file checked against the
+manifest, Content-MD5 on every request, create-only writes, a staging folder renamed into
+place); the baselines do none of it. The contestants run ``--repeat`` rounds (default 3)
+after an untimed warm-up, in a new random order each round; figures are medians with
+[min-max]. Targets (issue 17): pull >= 1.0x the single stream and >= 0.8x s5cmd; push >=
+0.95x the faster of the single PUT and s5cmd. Results also go to bench/.out/store.json.
+Tests never assert timings; this script only reports.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,16 +70,19 @@ def files_of(root: Path) -> list[Path]:
 
 def interleaved(
     contestants: dict[str, tuple[Callable[[], object], Callable[[], object] | None]], repeat: int
-):
-    """Run each contestant once per round, in turn (so load from other processes hits all of
-    them alike), after one untimed warm-up round; return {name: best wall time}.
-    ``before`` hooks run untimed."""
+) -> dict[str, list[float]]:
+    """Run each contestant once per round, in a new random order each round (so load from
+    other processes hits all of them alike), after one untimed warm-up round; return
+    {name: wall times}. ``before`` hooks run untimed."""
     times: dict[str, list[float]] = {name: [] for name in contestants}
     # round 0 is an untimed warm-up: otherwise whoever runs first pays for new connections,
     # thread pools and the server's cold caches (the first prodml pull measured 2x slower
     # than the same settings a minute later)
+    order = list(contestants.items())
     for round_number in range(repeat + 1):
-        for name, (fn, before) in contestants.items():
+        if round_number:  # the warm-up keeps the given order: each pull needs its push done once
+            random.shuffle(order)
+        for name, (fn, before) in order:
             if before:
                 before()
             start = time.perf_counter()
@@ -85,7 +91,7 @@ def interleaved(
                 times[name].append(time.perf_counter() - start)
                 if VERBOSE:
                     print(f"    {name:<34}{times[name][-1]:>8.2f} s", flush=True)
-    return {name: min(values) for name, values in times.items()}
+    return times
 
 
 def build_store(section: dict):
@@ -220,19 +226,37 @@ def bench_azure(server: Azurite, bundle: Path, work: Path, args) -> dict[str, fl
     return interleaved(contestants, args.repeat)
 
 
-def report(name: str, results: dict[str, float], size_mb: float) -> dict:
-    print(f"\n{name}: {size_mb:.0f} MB bundle (best of the rounds)")
-    print(f"  {'':<34}{'seconds':>9}{'MB/s':>9}   {'prodml is':>10}")
-    rows = {}
+def report(name: str, results: dict[str, list[float]], size_mb: float) -> dict:
+    rounds = len(next(iter(results.values())))
+    print(f"\n{name}: {size_mb:.0f} MB bundle, seconds median [min-max] over {rounds} rounds")
+    print(f"  {'':<34}{'seconds':>22}{'MB/s':>8}   {'prodml vs this':>14}")
+    rows: dict = {}
     for op in ("push", "pull"):
-        ours = results[f"prodml {op}"]
+        ours = statistics.median(results[f"prodml {op}"])
         names = [n for n in results if n.endswith(f" {op}")]
         names.sort(key=lambda n: (not n.startswith("prodml "), n.startswith("prodml c="), n))
         for who in names:
-            seconds = results[who]
-            ratio = "" if who == f"prodml {op}" else f"{seconds / ours:>9.2f}x"
-            print(f"  {who:<34}{seconds:>9.2f}{size_mb / seconds:>9.1f}   {ratio}")
-            rows[who] = {"seconds": round(seconds, 3), "mb_per_s": round(size_mb / seconds, 1)}
+            values = results[who]
+            median = statistics.median(values)
+            spread = f"{median:.2f} [{min(values):.2f}-{max(values):.2f}]"
+            # > 1 means prodml is faster (speed ratio = their time / our time)
+            ratio = "" if who == f"prodml {op}" else f"{median / ours:>13.2f}x"
+            print(f"  {who:<34}{spread:>22}{size_mb / median:>8.0f}   {ratio}")
+            rows[who] = {"seconds": [round(v, 3) for v in values], "mb_per_s": round(size_mb / median, 1)}
+    targets = {}
+    pull = statistics.median(results["prodml pull"])
+    push = statistics.median(results["prodml push"])
+    single_pull = statistics.median(results["single-stream pull"])
+    single_push = statistics.median(results["single-stream push"])
+    targets["pull vs single stream (>= 1.0x)"] = single_pull / pull
+    best_push = single_push
+    if "s5cmd pull" in results:
+        targets["pull vs s5cmd (>= 0.8x)"] = statistics.median(results["s5cmd pull"]) / pull
+        best_push = min(best_push, statistics.median(results["s5cmd push"]))
+    targets["push vs the faster of single PUT and s5cmd (>= 0.95x)"] = best_push / push
+    for label, value in targets.items():
+        print(f"  target {label}: {value:.2f}x")
+    rows["targets"] = {k: round(v, 3) for k, v in targets.items()}
     return rows
 
 
@@ -240,9 +264,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size-mb", type=int, default=512, help="size of the bundle's weights file (MiB)")
-    parser.add_argument("--quick", action="store_true", help="64 MiB, one repeat")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds; each figure is the best round")
+    parser.add_argument(
+        "--size-mb", type=int, action="append", help="size of the bundle's weights file (MiB); repeatable"
+    )
+    parser.add_argument("--quick", action="store_true", help="64 MiB only")
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (default 3), shuffled each round")
     parser.add_argument(
         "--sweep", action="store_true", help="also prodml at concurrency 1-16 x part sizes (tuning)"
     )
@@ -251,33 +277,32 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="prodml's max_concurrency")
     parser.add_argument("--part-size-mb", type=int, default=16, help="prodml's S3 part size")
     args = parser.parse_args()
-    if args.quick:
-        args.size_mb, args.repeat = 64, 1
-    summary_args = vars(args)
-
+    sizes = [64] if args.quick else (args.size_mb or [64, 512])
+    summary: dict = {"args": vars(args), "load_average_at_start": os.getloadavg()}
     OUT.mkdir(exist_ok=True)
-    summary: dict = {"args": summary_args}
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine)", flush=True)
     with tempfile.TemporaryDirectory(prefix="prodml-bench-store-") as tmp:
         work = Path(tmp)
-        print(f"writing a {args.size_mb} MB bundle ...", flush=True)
-        bundle = make_bundle(work / "bundle", args.size_mb)
-        size_mb = sum(p.stat().st_size for p in files_of(bundle)) / MB
+        servers: list = []
         if args.backend in ("s3", "both"):
-            try:
-                with SeaweedFS(work / "seaweedfs") as server:
-                    server.start()
-                    summary["s3"] = report("S3 (SeaweedFS)", bench_s3(server, bundle, work, args), size_mb)
-            except ServiceUnavailable as exc:
-                print(f"S3 skipped: {exc}", file=sys.stderr)
+            servers.append(("s3", "S3 (SeaweedFS)", SeaweedFS, bench_s3))
         if args.backend in ("azure", "both"):
+            servers.append(("azure", "Azure Blob (Azurite)", Azurite, bench_azure))
+        for key, title, service, bench in servers:
             try:
-                with Azurite(work / "azurite") as server:
+                with service(work / key) as server:
                     server.start()
-                    summary["azure"] = report(
-                        "Azure Blob (Azurite)", bench_azure(server, bundle, work, args), size_mb
-                    )
+                    for size in sizes:
+                        print(f"{title}: writing a {size} MB bundle ...", flush=True)
+                        bundle = make_bundle(work / f"bundle-{size}", size)
+                        size_mb = sum(p.stat().st_size for p in files_of(bundle)) / MB
+                        summary[f"{key} {size} MB"] = report(
+                            title, bench(server, bundle, work, args), size_mb
+                        )
+                        shutil.rmtree(bundle)
             except ServiceUnavailable as exc:
-                print(f"Azure skipped: {exc}", file=sys.stderr)
+                print(f"{title} skipped: {exc}", file=sys.stderr)
+    summary["load_average_at_end"] = os.getloadavg()
     (OUT / "store.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nwritten to {OUT / 'store.json'}")
     return 0

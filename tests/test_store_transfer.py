@@ -63,10 +63,10 @@ class SlowStream:
 class SlowTogether:
     """Mixin: parts sent while others are in flight wait (one part at a time must win)."""
 
-    def _upload_part(self, upload: Any, number: int, data: bytes) -> Any:
+    def _upload_part(self, upload: Any, number: int, data: bytes, *checksum: Any) -> Any:
         if number > 1:
             time.sleep(0.6)
-        return super()._upload_part(upload, number, data)  # type: ignore[misc]
+        return super()._upload_part(upload, number, data, *checksum)  # type: ignore[misc]
 
 
 def _choices(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -343,14 +343,17 @@ class S3Store(ObjectStore):
         upload = self.client.create_multipart_upload(Bucket=self.config.bucket, Key=key)
         return {"key": key, "id": upload["UploadId"]}
 
-    def _upload_part(self, upload: Any, number: int, data: bytes) -> Any:
+    def _part_checksum(self, data: bytes) -> str:
+        return _b64(hashlib.md5(data).digest())
+
+    def _upload_part(self, upload: Any, number: int, data: bytes, md5: str | None = None) -> Any:
         response = self.client.upload_part(
             Bucket=self.config.bucket,
             Key=upload["key"],
             UploadId=upload["id"],
             PartNumber=number,
             Body=data,
-            ContentMD5=_b64(hashlib.md5(data).digest()),  # the server refuses damaged parts
+            ContentMD5=md5 or self._part_checksum(data),  # the server refuses damaged parts
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
 
