@@ -163,21 +163,26 @@ EDGES = {
 
 
 def candidates(events: pd.DataFrame, view: str, table: pd.DataFrame, by_created: bool) -> list[pd.DataFrame]:
-    """Per event: the joinable rows of ``table`` at the newest joinable feature timestamp."""
+    """Per event: the joinable rows of ``table`` at the newest joinable feature timestamp.
+
+    Straight from the definition: every (event, feature row) pair with equal join keys,
+    filtered by the rule, then the pairs at each event's newest feature timestamp.
+    """
     layout, ttl = LAYOUT[view], TTL[view]
     ts, created = layout["ts"], layout["created"]
-    table = table.assign(_file_row=np.arange(len(table)))
-    out = []
-    for _, event in events.iterrows():
-        rows = table
-        for entity_column, column in layout["keys"]:
-            rows = rows[rows[column] == event[entity_column]]
-        at = event["event_timestamp"]
-        rows = rows[(rows[ts] <= at) & (rows[ts] >= at - ttl)]
-        if by_created:
-            rows = rows[rows[created] <= at]
-        out.append(rows[rows[ts] == rows[ts].max()])
-    return out
+    keys = [e for e, _ in layout["keys"]]
+    left = events[keys].assign(_at=events["event_timestamp"], _event=np.arange(len(events)))
+    right = table.assign(_file_row=np.arange(len(table)))
+    pairs = left.merge(right, left_on=keys, right_on=[c for _, c in layout["keys"]], suffixes=("_e", ""))
+    at = pairs["_at"]
+    ok = (pairs[ts] <= at) & (pairs[ts] >= at - ttl)
+    if by_created:
+        ok &= pairs[created] <= at
+    pairs = pairs[ok]
+    pairs = pairs[pairs[ts] == pairs.groupby("_event")[ts].transform("max")]
+    groups = dict(list(pairs.groupby("_event")))
+    empty = pairs.iloc[:0]
+    return [groups.get(i, empty) for i in range(len(events))]
 
 
 def reference(events: pd.DataFrame, view: str, table: pd.DataFrame, by_created: bool) -> pd.Series:
