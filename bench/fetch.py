@@ -316,7 +316,10 @@ def training_frames(args: argparse.Namespace, rows: int, root: Path, results: di
             if rows > FILE_STORE_MAX_ROWS
             else "skipped (--skip-file-store)"
         )
-    if args.skip_feast_duckdb:
+    for name in [n for n in names if args.only and n not in args.only]:
+        names.remove(name)
+        notes[name] = "not run (--only)"
+    if args.skip_feast_duckdb and "Feast DuckDB store" in names:
         names.remove("Feast DuckDB store")
         notes["Feast DuckDB store"] = "skipped (--skip-feast-duckdb)"
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -463,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         help="skip Feast's DuckDB store (at 10M rows it needs more memory than a small machine has)",
     )
     parser.add_argument("--frame-only", action="store_true", help="only the training frame comparison")
+    parser.add_argument("--only", action="append", choices=CANDIDATES, help="run only these candidates")
     parser.add_argument("--lookups", type=int, default=50, help="repetitions per online lookup size")
     parser.add_argument("--workdir", help="keep data here (default: a temporary folder)")
     parser.add_argument("--child", choices=CANDIDATES, help=argparse.SUPPRESS)
