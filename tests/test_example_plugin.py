@@ -65,3 +65,30 @@ def test_example_plugin_selected_by_config_feeds_the_pipeline(plugin_site: Path,
     assert run.returncode == 0, run.stdout + run.stderr
     (schema,) = (tmp_path / "work" / "runs").glob("*/dataset/schema.json")
     assert json.loads(schema.read_text())["feature_names"] == ["sqft", "rooms", "age", "distance", "quality"]
+
+
+@pytest.mark.parametrize("package", ["examples/plugin", "tests/plugin_pkg"])
+def test_plugins_import_prodml_only_through_prodml_plugin(package: str) -> None:
+    """A plugin author needs one module: the example and the test plugin prove it."""
+    import ast
+
+    imported = []
+    for path in sorted((REPO / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.append((path.name, node.module))
+            elif isinstance(node, ast.Import):
+                imported += [(path.name, alias.name) for alias in node.names]
+    from_prodml = {module for _, module in imported if module == "prodml" or module.startswith("prodml.")}
+    assert from_prodml, f"{package} imports nothing from prodml?"
+    # the conformance suites are the other public module a plugin's tests use
+    assert from_prodml <= {"prodml.plugin", "prodml.testing.sources", "prodml.testing.stores"}, imported
+
+
+def test_every_public_name_of_prodml_plugin_resolves() -> None:
+    import prodml.plugin as surface
+
+    for name in surface.__all__:
+        assert getattr(surface, name) is not None, name
+    assert sorted(surface.__all__) == sorted(surface._SOURCES)
+    assert "new_version_id" in dir(surface)
