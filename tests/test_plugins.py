@@ -446,3 +446,28 @@ def test_an_installed_plugins_command_runs_and_is_listed(needs_site: Path) -> No
     assert ran.stdout.strip() == "hello prodml"
     off = run_prodml(["needs-hello"], needs_site, {AUTOLOAD_ENV: "1"})
     assert off.returncode == 2 and "invalid choice: 'needs-hello'" in off.stderr
+
+
+def test_entry_points_are_found_as_importlib_metadata_finds_them(
+    needs_site: Path, hello_site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib.metadata import distributions
+
+    from prodml.core.plugins import prodml_entry_points
+
+    # prodml reads the metadata folders itself (importing importlib.metadata would slow
+    # `prodml --help` down); it must find what importlib.metadata finds, in path order
+    monkeypatch.syspath_prepend(str(hello_site))
+    monkeypatch.syspath_prepend(str(needs_site))
+    expected = [
+        (dist.metadata["name"], ep.name, ep.value)
+        for dist in distributions()
+        for ep in dist.entry_points
+        if ep.group == "prodml"
+    ]
+    found = prodml_entry_points()
+    assert sorted(found) == sorted(expected)
+    assert ("prodml-needs", "broken", "prodml_needs.broken") in found
+    assert ("prodml-hello", "hello", "prodml_hello.plugin") in found
+    # in sys.path order, as imports look: the first folder on the path comes first
+    assert [d for d, *_ in found].index("prodml-needs") < [d for d, *_ in found].index("prodml-hello")

@@ -202,6 +202,87 @@ def module_available(name: str) -> bool:
     return spec is not None
 
 
+def prodml_entry_points() -> list[tuple[str, str, str]]:
+    """(distribution, name, value) of every entry point in the ``prodml`` group, in path order.
+
+    ``importlib.metadata`` answers this too, but importing it (email, zipfile, csv, ...)
+    costs more than the rest of ``prodml --help``; the metadata folders of the directories
+    on ``sys.path`` are read directly instead. A zip file on ``sys.path`` (rare) sends the
+    whole lookup through ``importlib.metadata``.
+    """
+    found: list[tuple[str, str, str]] = []
+    for entry in sys.path:
+        try:
+            listing = sorted(os.scandir(entry or "."), key=lambda e: e.name)
+        except NotADirectoryError:
+            return _entry_points_from_metadata()
+        except OSError:
+            continue
+        for item in listing:
+            if not item.name.endswith((".dist-info", ".egg-info")):
+                continue
+            try:
+                with open(os.path.join(item.path, "entry_points.txt"), encoding="utf-8") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            if f"[{hookspecs.PROJECT_NAME}]" not in text:
+                continue
+            dist = _distribution_name(item.path) or item.name.split("-")[0]
+            found += [(dist, name, value) for name, value in _ini_section(text, hookspecs.PROJECT_NAME)]
+    return found
+
+
+def _entry_points_from_metadata() -> list[tuple[str, str, str]]:
+    from importlib.metadata import distributions
+
+    return [
+        (dist.metadata["name"] or dist.name, ep.name, ep.value)
+        for dist in distributions()
+        for ep in dist.entry_points
+        if ep.group == hookspecs.PROJECT_NAME
+    ]
+
+
+def _ini_section(text: str, section: str) -> list[tuple[str, str]]:
+    """``name = value`` pairs of one ``[section]`` of an entry_points.txt."""
+    pairs, inside = [], False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            inside = line[1:-1].strip() == section
+        elif inside and "=" in line:
+            name, _, value = line.partition("=")
+            pairs.append((name.strip(), value.split("[")[0].strip()))  # drop a legacy [extras]
+    return pairs
+
+
+def _distribution_name(metadata_dir: str) -> str | None:
+    """The ``Name:`` of a .dist-info (METADATA) or .egg-info (PKG-INFO) folder."""
+    for file in ("METADATA", "PKG-INFO"):
+        try:
+            with open(os.path.join(metadata_dir, file), encoding="utf-8") as fh:
+                for line in fh:
+                    if line.startswith("Name:"):
+                        return line.partition(":")[2].strip()
+                    if not line.strip():
+                        break  # the headers end at the first blank line
+        except OSError:
+            continue
+    return None
+
+
+def _load_object(value: str) -> Any:
+    """What an entry point's ``module:attr.path`` (or plain ``module``) names."""
+    module, _, attrs = value.partition(":")
+    obj: Any = importlib.import_module(module.strip())
+    for attr in filter(None, attrs.strip().split(".")):
+        obj = getattr(obj, attr)
+    return obj
+
+
 class _Manager(pluggy.PluginManager):
     """pluggy's manager, also noting ``prodml_*`` functions that lack ``@hookimpl``.
 
@@ -305,26 +386,19 @@ class Registry:
 
     def _load_entry_points(self) -> None:
         """Register every ``prodml`` entry point; one that fails to import is recorded."""
-        from importlib.metadata import distributions
-
         builtin_names = {name for name, _ in BUILTIN_PLUGINS} if self.builtins else set()
-        for dist in distributions():
-            eps = [ep for ep in dist.entry_points if ep.group == hookspecs.PROJECT_NAME]
-            if not eps:
-                continue
-            dist_name = dist.metadata["name"] or dist.name
+        for dist_name, name, value in prodml_entry_points():
             self._searched.add(dist_name)
-            for ep in eps:
-                if ep.name in builtin_names or self._pm.has_plugin(ep.name) or self._pm.is_blocked(ep.name):
-                    continue
-                try:
-                    plugin = ep.load()
-                except Exception as exc:  # any error in a third-party module; keep the others
-                    failure = LoadFailure(dist_name, ep.name, ep.value, f"{type(exc).__name__}: {exc}")
-                    self.load_failures.append(failure)
-                    log.warning("%s; its backends and commands are unavailable", failure)
-                    continue
-                self._register(plugin, ep.name, dist_name)
+            if name in builtin_names or self._pm.has_plugin(name) or self._pm.is_blocked(name):
+                continue
+            try:
+                plugin = _load_object(value)
+            except Exception as exc:  # any error in a third-party module; keep the others
+                failure = LoadFailure(dist_name, name, value, f"{type(exc).__name__}: {exc}")
+                self.load_failures.append(failure)
+                log.warning("%s; its backends and commands are unavailable", failure)
+                continue
+            self._register(plugin, name, dist_name)
 
     def _ensure_backends(self) -> dict[Role, dict[str, InstalledBackend]]:
         if self._loaded is None:
