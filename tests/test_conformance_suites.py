@@ -133,6 +133,17 @@ def test_created_at_taken_from_mtime(outcomes) -> None:
     )
 
 
+def test_a_repush_that_always_makes_a_new_version(outcomes) -> None:
+    # pushed again seconds later, identical content must come back as the stored version
+    assert_caught(
+        outcomes,
+        "TestDir",
+        "TestDirAlwaysNew",
+        "test_an_identical_bundle_pushed_later_returns_the_stored_version",
+        "assert",
+    )
+
+
 def test_the_store_suite_does_not_care_how_helpers_are_imported(outcomes) -> None:
     # dirstore.py does `from prodml.plugin import new_version_id`; the suite used to replace
     # the module attribute, so pinning the clock missed such stores

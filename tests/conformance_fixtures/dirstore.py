@@ -15,17 +15,19 @@ import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from prodml.plugin import (
     MANIFEST,
+    MOVE_REASONS,
     Backend,
     BundleError,
     ConfigPath,
     DataError,
     DataSource,
+    LatestMove,
     ModelRef,
     ModelStore,
     ModelVersion,
@@ -40,9 +42,7 @@ from prodml.plugin import (
 )
 
 LATEST = "latest.json"
-MOVE_REASONS = ("export", "promote", "rollback", "force-promote")
-#: ``expect`` default of move_latest: move from whatever latest is (ModelStore.CURRENT when defined)
-_CURRENT: object = getattr(ModelStore, "CURRENT", object())
+_CURRENT = ModelStore.CURRENT  # move_latest's default ``expect``: from whatever latest is
 
 
 class DirStoreConfig(PluginConfig):
@@ -196,16 +196,12 @@ class DirStore(ModelStore):
         reason: str,
         run_id: str | None = None,
         expect: object = _CURRENT,
-    ) -> Any:
-        from prodml.plugin import LatestMove
-
+    ) -> LatestMove:
         return LatestMove.model_validate(
             self._move(model_name, version, reason=reason, run_id=run_id, expect=expect)
         )
 
-    def latest_history(self, model_name: str) -> list[Any]:
-        from prodml.plugin import LatestMove
-
+    def latest_history(self, model_name: str) -> list[LatestMove]:
         history = self._model_dir(model_name) / "history"
         files = sorted(history.glob("*.json")) if history.is_dir() else []
         return [LatestMove.model_validate_json(f.read_text(encoding="utf-8")) for f in files]
