@@ -7,8 +7,9 @@ command imports what it needs (heavy SDKs are imported by the plugins that use t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -53,7 +54,15 @@ def build_parser(plugin_commands: Sequence[Any] = ()) -> argparse.ArgumentParser
             p.add_argument("-c", "--config", required=True, metavar="FILE", help="prodml YAML config")
         return p
 
-    add("validate", "check a config; print it resolved, secrets masked")
+    p = add(
+        "validate",
+        "check a config (print it resolved, secrets masked) and pre-flight what its stages need",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="skip the network checks (does the store answer?); files, credentials and ports are checked",
+    )
     add("plugins", "list the installed backends per role and the package providing each", config=False)
     p = add("run", "run the configured stages with the configured runner")
     p.add_argument(
@@ -167,8 +176,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         error = registry.get(role, section.type).missing_dependency()
         if error is not None:
             missing.append(f"{role} type {section.type!r} needs {error.module!r}: {error.fix}")
+    from prodml.runner.preflight import problems
+
+    # a backend whose SDK is missing is reported above, not pre-flighted
+    found = problems(config, offline=bool(getattr(args, "offline", False)), registry=registry)
     summary = masked_summary(config)
-    print(f"{args.config}: valid")
+    if found:
+        print(f"{args.config}: valid config; pre-flight found {len(found)} problem(s)")
+    else:
+        print(f"{args.config}: valid")
     print(f"  project  {summary['project']}")
     print(f"  stages   {' -> '.join(summary['stages'])}")
     for role in ("source", "trainer", "store", "server", "runner"):
@@ -179,11 +195,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         given = config.section(role).model_fields_set - {"type"}
         rest = {k: v for k, v in section.items() if k in given}
         print(f"  {role:<8} {section['type']}  {json.dumps(rest, default=str)}")
-    if missing:
-        for line in missing:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    return 0
+    for line in missing:
+        print(f"error: {line}", file=sys.stderr)
+    for line in found:
+        print(f"error: pre-flight: {line}", file=sys.stderr)
+    if not missing and not found:
+        network = "skipped (--offline)" if getattr(args, "offline", False) else "checked"
+        print(f"  pre-flight ok: files, credentials and ports checked; network {network}")
+    return 2 if missing or found else 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -250,11 +269,9 @@ def _human_bytes(n: float) -> str:
 
 
 def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from prodml.core.logs import install_redaction
+    from prodml.core.logs import configure_console
 
-    install_redaction()
+    configure_console(verbosity)
 
 
 def _handler(command: str, plugins: dict[str, Any]) -> Callable[[argparse.Namespace], int]:
@@ -281,7 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _setup_logging(args.verbose)
     try:
-        return int(_handler(args.command, plugins)(args) or 0)
+        code = int(_handler(args.command, plugins)(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here, while BrokenPipeError is still caught
+        return code
     except ProdmlError as exc:
         from prodml.core.errors import GatedError
 
@@ -290,6 +309,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`prodml predict ... | head -5`): stop quietly, as `cat` would
+        _discard_stdout()
+        return 141
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

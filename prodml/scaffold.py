@@ -7,6 +7,7 @@ the scaffold and the examples are the same tested code and data, never two copie
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 from argparse import Namespace
 from importlib import resources
@@ -124,13 +125,17 @@ def init_project(directory: Path, *, feast: bool = False, force: bool = False) -
         written.append(repo / ".gitignore")
     project = project_name(directory)
     config_path = directory / "prodml.yaml"
+    # quoted, so the command can be pasted into a shell whatever the folder is called
+    command_path = shlex.quote(str(config_path))
     config_path.write_text(
-        CONFIG.format(project=project, config_path=config_path, source=FEAST_SOURCE if feast else CSV_SOURCE),
+        CONFIG.format(
+            project=project, config_path=command_path, source=FEAST_SOURCE if feast else CSV_SOURCE
+        ),
         encoding="utf-8",
     )
     feast_note = ", `feature_repo/` (a Feast feature repository; prodml applies it itself)" if feast else ""
     (directory / "README.md").write_text(
-        README.format(project=project, config_path=config_path, feast=feast_note), encoding="utf-8"
+        README.format(project=project, config_path=command_path, feast=feast_note), encoding="utf-8"
     )
     (directory / ".gitignore").write_text(".prodml/\n__pycache__/\n", encoding="utf-8")
     return [config_path, directory / "README.md", directory / ".gitignore", *written]
@@ -142,5 +147,5 @@ def init_command(args: Namespace) -> int:
     init_project(directory, feast=args.feast, force=args.force)
     config = directory / "prodml.yaml"
     print(f"created a prodml project in {directory}")
-    print(f"  next: prodml run -c {config}")
+    print(f"  next: prodml run -c {shlex.quote(str(config))}")
     return 0

@@ -59,6 +59,7 @@ def test_version() -> None:
 
 def test_validate_ok_prints_summary_with_secrets_masked(tmp_path: Path) -> None:
     secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"
+    (tmp_path / "data.csv").write_text("x,y\n1,2\n")  # the pre-flight checks that it exists
     (tmp_path / "c.yaml").write_text(
         "project: demo\n"
         "source: {type: csv, path: data.csv, label: y}\n"
@@ -115,3 +116,25 @@ def test_every_command_has_help(command: str) -> None:
     out = prodml(command, "--help")
     assert out.returncode == 0, out.stderr
     assert "usage: prodml" in out.stdout
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    # `prodml plugins | head -0`: the pipe is closed before prodml writes
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    out = subprocess.run(
+        [sys.executable, "-m", "prodml", "plugins"],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    os.close(write_end)
+    assert out.returncode == 141
+    assert out.stderr == ""
+
+
+def test_validate_offline_imports_no_heavy_sdk() -> None:
+    # the pre-flight reads files and binds a port; it imports no SDK for that
+    assert heavy_modules_after(["validate", "--offline", "-c", "config/feast.yaml"]) == []
+    assert heavy_modules_after(["validate", "--offline", "-c", "config/azure.yaml"]) == []

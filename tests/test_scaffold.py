@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +17,38 @@ from prodml.scaffold import init_project, project_name
 REPO = Path(__file__).parent.parent
 
 
-def prodml(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def prodml(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "prodml", *args],
         capture_output=True,
         text=True,
         cwd=cwd or REPO,
-        env={**os.environ},
+        env={**os.environ, **(env or {})},
     )
+
+
+def test_init_prints_a_next_command_that_pastes_into_a_shell(tmp_path: Path) -> None:
+    out = prodml("init", "my proj", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    next_line = next(line for line in out.stdout.splitlines() if "next:" in line)
+    command = next_line.split("next:", 1)[1].strip()
+    assert shlex.split(command) == ["prodml", "run", "-c", "my proj/prodml.yaml"]
+    # pasted as printed (with validate for run, to stay fast), the shell finds the config
+    bin_dir = Path(sys.executable).parent
+    pasted = command.replace("prodml run", f"{shlex.quote(sys.executable)} -m prodml validate --offline", 1)
+    done = subprocess.run(
+        ["bash", "-c", pasted],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("my proj/prodml.yaml: valid")
+    # the project's own README and config comment carry the same pasteable command
+    assert "prodml run -c 'my proj/prodml.yaml'" in (tmp_path / "my proj" / "README.md").read_text()
 
 
 def test_scaffold_files_are_the_examples(tmp_path: Path) -> None:
@@ -74,7 +99,9 @@ def test_scaffolded_project_runs_as_is(tmp_path: Path) -> None:
     config = tmp_path / "proj" / "prodml.yaml"
     # the only change: any free port, so the test cannot collide with a server already on 8080
     config.write_text(config.read_text().replace("port: 8080", "port: 0"))
-    run = prodml("run", "-c", str(config), cwd=tmp_path)
+    # the model server's state goes to the test's folder, never the user's ~/.cache
+    state = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PRODML_STATE_HOME": str(tmp_path / "state")}
+    run = prodml("run", "-c", str(config), cwd=tmp_path, env=state)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "sample prediction" in run.stdout
     assert (tmp_path / "proj" / ".prodml" / "models" / "proj" / "latest").exists()

@@ -418,12 +418,14 @@ def test_cli_serve_and_predict(store_and_ref: tuple[Any, ModelRef], bundle: Path
         assert serve.stdout is not None
         first = serve.stdout.readline().decode()
         assert first.startswith(f"serving {NAME} "), first
-        url = first.split(" at ", 1)[1].split()[0]
-        for _ in range(600):
-            with contextlib.suppress(OSError):  # the port opens a moment after the line is printed
-                if send(url, f"/v2/models/{NAME}/ready")[0] == 200:
-                    break
-            time.sleep(0.2)
+        url = first.split(" at ", 1)[1].split(";")[0]
+        # the banner comes once the port answers: no waiting for it to open
+        assert send(url, "/v2/health/live") == (200, {"live": True})
+        lines = [first]
+        while not lines[-1].startswith(("ready:", "error:")) and lines[-1]:
+            lines.append(serve.stdout.readline().decode())
+        assert lines[-1].startswith(f"ready: {NAME} "), lines
+        assert send(url, f"/v2/models/{NAME}/ready")[0] == 200
         out = subprocess.run(
             [*prodml, "predict", "-c", str(config), "--data", json.dumps(ROWS[:1])],
             capture_output=True,
@@ -448,6 +450,27 @@ def test_cli_serve_and_predict(store_and_ref: tuple[Any, ModelRef], bundle: Path
         )
         assert bad.returncode == 1 and "400" in bad.stderr and "3 features" in bad.stderr
         assert "Traceback" not in bad.stderr
+        # V2 with rows of the wrong width: the same clean one-line error, no traceback
+        bad_v2 = subprocess.run(
+            [*prodml, "predict", "-c", str(config), "--protocol", "v2", "--data", "[[1, 2]]"],
+            capture_output=True,
+            text=True,
+        )
+        assert bad_v2.returncode == 1, bad_v2.stderr
+        assert bad_v2.stderr.startswith("error: row 0 has 2 values; model 'tiny' takes 3: x0, x1, x2")
+        assert "Traceback" not in bad_v2.stderr
+        # `prodml predict ... | head -1`: the reader leaves early; no BrokenPipeError traceback
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        piped = subprocess.run(
+            [*prodml, "predict", "-c", str(config), "--data", json.dumps(ROWS)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(write_end)
+        assert piped.returncode == 141, piped.stderr
+        assert piped.stderr == ""
     finally:
         serve.send_signal(signal.SIGINT)
         try:
@@ -457,3 +480,32 @@ def test_cli_serve_and_predict(store_and_ref: tuple[Any, ModelRef], bundle: Path
             serve.wait()
     assert (tmp_path / "state" / "servers").is_dir()  # it was recorded while it served...
     assert list((tmp_path / "state" / "servers").glob(f"{NAME}-*.json")) == []  # ...and not after
+
+
+def test_cli_serve_on_a_taken_port_says_so_first(store_and_ref: tuple[Any, ModelRef], tmp_path: Path) -> None:
+    store, _ = store_and_ref
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "prodml.yaml"
+        config.write_text(
+            f"project: {NAME}\nstages: [serve]\n"
+            f"store: {{type: local, root: {store.root}}}\n"
+            f"server: {{type: kserve, port: {port}, state_dir: {tmp_path / 'state'}}}\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-m", "prodml", "serve", "-c", str(config)], capture_output=True, text=True
+        )
+    assert out.returncode == 2, out.stderr
+    assert out.stdout == ""  # no banner for a server that cannot listen
+    assert out.stderr.startswith("error: pre-flight found 1 problem(s)")
+    assert f"cannot listen on 127.0.0.1:{port}: in use (server.port)" in out.stderr
+    assert not (tmp_path / "state" / "models").exists()  # nothing was pulled
+
+
+def test_v2_body_without_json_content_type_says_what_to_send(server: Any) -> None:
+    body = _v2({"name": "features", "shape": [1, 3], "datatype": "FP32", "data": ROWS[:1]})
+    status, answer = send(server.url, V2, body, content_type="text/plain")
+    assert status == 400
+    assert "Content-Type: application/json" in answer["error"], answer

@@ -204,7 +204,25 @@ class KServeStorage(Value):
     )
 
 
-class DataSource(abc.ABC):
+class Preflight:
+    """The pre-flight every role offers: cheap checks before any stage runs.
+
+    ``prodml validate`` and the start of ``prodml run`` call :meth:`preflight` on the
+    backends of the stages about to run, so a missing file, an unresolvable credential, a
+    store that does not answer or a taken port is reported in a second, not after training.
+    """
+
+    def preflight(self, *, offline: bool) -> list[str]:
+        """What would make this backend's stage fail, one sentence each (default: nothing).
+
+        Check only what is cheap: files it reads, credentials it resolves, and - unless
+        ``offline`` - whether the service it talks to answers (short timeouts). Change
+        nothing, and import a heavy SDK only when the check itself needs it.
+        """
+        return []
+
+
+class DataSource(Preflight, abc.ABC):
     """Where training features and labels come from (fetch stage).
 
     ``training_frame`` returns one row per training example: the feature columns in
@@ -258,7 +276,7 @@ class DataSource(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} does not support online_features")
 
 
-class Trainer(abc.ABC):
+class Trainer(Preflight, abc.ABC):
     """Runs the user's model code on a training frame and writes a model bundle."""
 
     def __init__(self, config: Any) -> None:
@@ -307,7 +325,7 @@ class Trainer(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} does not support evaluate")
 
 
-class ModelStore(abc.ABC):
+class ModelStore(Preflight, abc.ABC):
     """Keeps immutable, versioned model bundles and the ``latest`` pointer's history.
 
     Layout: ``<prefix>/<model>/versions/<version>/...`` plus ``<prefix>/<model>/latest``,
@@ -417,7 +435,7 @@ class ModelStore(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} does not support latest_history")
 
 
-class ModelServer(abc.ABC):
+class ModelServer(Preflight, abc.ABC):
     """Puts a stored model version behind an HTTP endpoint."""
 
     def __init__(self, config: Any) -> None:
@@ -492,8 +510,12 @@ class ModelServer(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} does not support update")
 
 
-class Runner(abc.ABC):
+class Runner(Preflight, abc.ABC):
     """Executes the configured stages (in-process, through kfp.local, on a cluster)."""
+
+    #: False when the stages run elsewhere (pods on a cluster): the pre-flight then checks
+    #: only the files that go into the image, not this machine's credentials, stores or ports
+    stages_run_here: bool = True
 
     def __init__(self, config: Any) -> None:
         self.config = config

@@ -7,13 +7,21 @@ logs (botocore wire traces, azure-core request logs) and in pytest's captured lo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import re
+import sys
 import threading
+import warnings
+from collections.abc import Iterator
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _installed = False
 MASK = "***"
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def register_secret(value: str | None) -> None:
@@ -54,3 +62,77 @@ def install_redaction() -> None:
 
         logging.setLogRecordFactory(factory)
         _installed = True
+
+
+# -- console noise --------------------------------------------------------------------------
+
+#: loggers whose records a normal (not ``-v``) run shows from WARNING up; others from ERROR
+OUR_LOGGERS = ("prodml",)
+_verbosity: int | None = None
+
+
+class _OurRecordsOnly(logging.Filter):
+    """A normal run's console: prodml's warnings, and only errors from the SDKs underneath."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name == "prodml" or record.name.startswith("prodml.")
+        return ours or record.levelno >= logging.ERROR
+
+
+def configure_console(verbosity: int) -> None:
+    """Set up the CLI's console logging: ``0`` shows prodml's own lines, ``-v``/``-vv`` the rest.
+
+    At verbosity 0 the SDKs' chatter is kept out: TensorFlow's C++ log (set before TensorFlow
+    is imported, and inherited by the model server and pipeline step processes), Python
+    warnings (Keras, NumPy, FastAPI deprecations) and third-party log records below ERROR.
+    ``-v`` shows all of it.
+    """
+    global _verbosity
+    root = logging.getLogger()
+    if root.handlers:
+        # logging is already set up (an application embedding prodml, pytest): leave it be,
+        # as logging.basicConfig would
+        install_redaction()
+        return
+    _verbosity = verbosity
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if verbosity == 0:
+        handler.addFilter(_OurRecordsOnly())
+        # child processes (model server, kfp.local steps) inherit these
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
+        warnings.simplefilter("ignore")
+    else:
+        logging.captureWarnings(True)  # warnings become log records, shown with the rest
+    root.addHandler(handler)
+    root.setLevel(level)
+    install_redaction()
+
+
+def quiet() -> bool:
+    """True when the CLI runs at normal verbosity (third-party output is held back)."""
+    return _verbosity == 0
+
+
+@contextlib.contextmanager
+def hold_output(what: str) -> Iterator[io.StringIO]:
+    """Keep what third-party code prints to stdout (kfp.local's step logs, Feast's progress
+    lines) off a normal run's console; with ``-v``, or when not run from the CLI, let it through.
+
+    When the block raises, the held-back output goes to stderr (secrets masked, colour codes
+    removed), so the failure keeps its context.
+    """
+    held = io.StringIO()
+    if not quiet():
+        yield held
+        return
+    try:
+        with contextlib.redirect_stdout(held):
+            yield held
+    except BaseException:
+        text = ANSI_CODES.sub("", redact(held.getvalue())).rstrip()
+        if text:
+            print(f"--- output of {what} (shown because it failed) ---\n{text}", file=sys.stderr)
+        raise

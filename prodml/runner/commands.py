@@ -29,6 +29,11 @@ def run_command(args: argparse.Namespace) -> int:
     if start_at is not None and start_at not in config.stages:
         valid = ", ".join(config.stages)
         raise ConfigError(f"--from {start_at}: not one of the configured stages ({valid})", file=args.config)
+    from prodml.runner import preflight
+
+    # seconds, not minutes: what the stages about to run need is checked before any runs
+    stages = config.stages[config.stages.index(start_at) :] if start_at else config.stages
+    preflight.check(config, stages, file=args.config)
     runner = default_registry().create("runner", config.runner)  # type: ignore[attr-defined]
     options = {
         "run_id": getattr(args, "run_id", None),

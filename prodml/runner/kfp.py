@@ -113,6 +113,7 @@ class KfpLocalRunner(PipelineRunner):
         """Execute the pipeline with kfp.local; show the endpoint; stop it unless ``keep_serving``."""
         from kfp import local
 
+        from prodml.core.logs import hold_output
         from prodml.runner._pipeline import build_pipeline, pipeline_config
         from prodml.runner._report import finish_run
         from prodml.runner._runs import RunFolder
@@ -149,7 +150,14 @@ class KfpLocalRunner(PipelineRunner):
         started = time.perf_counter()
         spawned_before = _interrupt.descendants()
         try:
-            with _step_secrets(config), warnings.catch_warnings(), _interrupt.interruptible():
+            # kfp.local prints every step's executor input and log (hundreds of lines):
+            # shown with -v, or when the run fails
+            with (
+                _step_secrets(config),
+                warnings.catch_warnings(),
+                _interrupt.interruptible(),
+                hold_output("the kfp-local pipeline"),
+            ):
                 # kfp.local warns that runner.image may not be a Python image; the steps run
                 # in this interpreter's environment, not in the image, by design
                 warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
@@ -296,6 +304,7 @@ class KfpRunner(PipelineRunner):
     """The pipeline submitted to a Kubeflow Pipelines cluster with kfp.Client."""
 
     config: KfpRunnerConfig
+    stages_run_here = False
 
     def client(self) -> Any:
         """A ``kfp.Client`` for ``runner.host`` (nothing is sent until it is used)."""

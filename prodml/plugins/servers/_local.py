@@ -26,6 +26,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -516,6 +517,40 @@ def undeploy(config: Any, name: str, *, grace: float = 10.0) -> None:
     log.info("stopped the model server of %s", name)
 
 
+def announce_when_up(url: str, name: str, version: str, *, out: Any = None) -> threading.Thread:
+    """Print ``serving ... at URL`` once the port answers, then a line when the model is ready.
+
+    ``prodml serve`` binds and loads in the same process; this watcher asks the server over
+    HTTP, so the banner is never printed for a server that could not bind, and the user
+    learns when the model (loaded in the background) starts answering predictions.
+    """
+
+    def say(text: str) -> None:
+        print(text, file=out or sys.stdout, flush=True)
+
+    def watch() -> None:
+        listening = False
+        delay = 0.05
+        while True:
+            ready, reason = probe_ready(url, name, timeout=2.0)
+            if ready is not None and not listening:
+                listening = True
+                say(f"serving {name} {version} at {url}; Ctrl-C stops")
+                say(f"  V1 {url}/v1/models/{name}:predict   V2 {url}/v2/models/{name}/infer")
+            if ready:
+                say(f"ready: {name} {version} answers predictions")
+                return
+            if ready is False and "Loading failed" in reason:
+                say(f"error: {name} {version} could not be loaded: {reason.split('Loading failed: ', 1)[-1]}")
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    thread = threading.Thread(target=watch, name="prodml-serve-banner", daemon=True)
+    thread.start()
+    return thread
+
+
 def serve_foreground(
     config: Any, ref: ModelRef, store: ModelStore, source: DataSource | None, name: str
 ) -> None:
@@ -539,11 +574,7 @@ def serve_foreground(
     state.update(log="", foreground=True, reuse_port=False)
     _write_state(config, name, state)
     url = state["url"]
-    print(
-        f"serving {name} {ref.version} at {url}  (V1 {url}/v1/models/{name}:predict, "
-        f"V2 {url}/v2/models/{name}/infer); Ctrl-C stops",
-        flush=True,
-    )
+    announce_when_up(url, name, ref.version)
     try:
         _main.run_spec(spec)
     finally:

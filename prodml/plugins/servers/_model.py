@@ -416,6 +416,13 @@ async def _rejected_handler(_request: Any, exc: Exception) -> Any:
     if isinstance(exc, InvalidInput) and message.startswith("Unrecognized request format: "):
         # KServe's wording for a body its JSON decoder refused
         message = "the body is not valid JSON: " + message.removeprefix("Unrecognized request format: ")
+    elif "inference-header-content-length" in message:
+        # KServe takes a V2 body without a JSON content type for its binary tensor extension
+        message = (
+            "send the V2 request as JSON with the header `Content-Type: application/json` "
+            "(a body without it is read as binary tensor data, which needs the "
+            "`Inference-Header-Content-Length` header)"
+        )
     log.info("rejected request (%d): %s", status, message)
     return ORJSONResponse(status_code=status, content={"error": message})
 

@@ -27,6 +27,10 @@ class PredictionError(ServingError):
         super().__init__(f"{url} answered {status}: {reason}")
 
 
+class RequestDataError(ServingError, ValueError):
+    """The request data cannot be sent as asked (caught before any request, like a 400)."""
+
+
 def call(url: str, body: Any = None, *, method: str | None = None, timeout: float = 30) -> Any:
     """Send JSON ``body`` (or GET without one) and return the decoded JSON answer.
 
@@ -71,7 +75,7 @@ def predict(url: str, model_name: str, instances: list, protocol: str = "v1", ti
     if protocol == "v1":
         return call(f"{base}/v1/models/{model_name}:predict", {"instances": instances}, timeout=timeout)
     if protocol != "v2":
-        raise ValueError(f"protocol must be 'v1' or 'v2', not {protocol!r}")
+        raise RequestDataError(f"protocol must be 'v1' or 'v2', not {protocol!r}")
     return call(
         f"{base}/v2/models/{model_name}/infer",
         v2_request(base, model_name, instances, timeout),
@@ -82,14 +86,20 @@ def predict(url: str, model_name: str, instances: list, protocol: str = "v1", ti
 def v2_request(url: str, model_name: str, instances: Sequence[Any], timeout: float = 30) -> dict[str, Any]:
     """A V2 inference request with one input per column of ``instances``."""
     if not instances:
-        raise ValueError("instances is empty")
+        raise RequestDataError("the request has no rows", hint="e.g. --data '[[0.1, 0.2, 0.3]]'")
     if all(isinstance(row, Mapping) for row in instances):
         names = list(instances[0])
         columns = {name: [row.get(name) for row in instances] for name in names}
     else:
         names = [i["name"] for i in metadata(url, model_name, timeout).get("inputs", [])]
-        if any(len(row) != len(names) for row in instances):
-            raise ValueError(f"each row needs {len(names)} values, for {names}")
+        bad = [i for i, row in enumerate(instances) if not _is_row(row) or len(row) != len(names)]
+        if bad:
+            row = instances[bad[0]]
+            got = f"{len(row)} values" if _is_row(row) else f"a {type(row).__name__}, not a list"
+            raise RequestDataError(
+                f"row {bad[0]} has {got}; model {model_name!r} takes {len(names)}: {', '.join(names)}",
+                hint="send one value per input in this order, or rows as objects by input name",
+            )
         columns = {name: [row[j] for row in instances] for j, name in enumerate(names)}
     inputs = []
     for name, values in columns.items():
@@ -98,6 +108,10 @@ def v2_request(url: str, model_name: str, instances: Sequence[Any], timeout: flo
         datatype = "BYTES" if text else "INT64" if integers else "FP32"
         inputs.append({"name": name, "shape": [len(values)], "datatype": datatype, "data": values})
     return {"inputs": inputs}
+
+
+def _is_row(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
 
 
 def predictions(answer: Mapping[str, Any]) -> list[Any]:

@@ -131,6 +131,7 @@ def serve_command(args: argparse.Namespace) -> int:
     """``prodml serve -c FILE``: serve a stored version in the foreground (local mode)."""
     config = _load(args)
     server_config, server, store = _server_parts(config, args.config)
+    _serve_preflight(config, server_config, args.config)
     version = args.model_version or getattr(server_config, "version", "latest")
     ref = store.resolve(config.model_name, version)
     source = _source_for(config)
@@ -143,6 +144,27 @@ def serve_command(args: argparse.Namespace) -> int:
     endpoint = server.deploy(ref, store, source)
     print(endpoint.to_json())
     return 0
+
+
+def _serve_preflight(config: Any, server_config: Any, file: str) -> None:
+    """Before pulling anything: the store answers, and (foreground) the port is really free."""
+    from prodml.runner import preflight
+
+    found = preflight.problems(config, ["serve"], include_runner=False)
+    port = getattr(server_config, "port", None)
+    if getattr(server_config, "mode", None) == "local" and isinstance(port, int):
+        # prodml serve binds in this process: a port held even by a model server is taken
+        why = preflight.port_taken(server_config.host, port)
+        problem = f"cannot listen on {server_config.host}:{port}: {why} (server.port)"
+        if why is not None and not any(
+            p.startswith(f"server ({server_config.type}): cannot listen") for p in found
+        ):
+            found.append(
+                f"server ({server_config.type}): {problem}; stop what uses it (`prodml run` with "
+                "--keep-serving leaves a server running), or pick another port"
+            )
+    if found:
+        raise preflight.PreflightError(found, file=file)
 
 
 def _read_request(args: argparse.Namespace) -> Any:

@@ -263,6 +263,30 @@ class KServeServer(ModelServer):
             return self.config.model_name
         return ref_or_name.model_name if isinstance(ref_or_name, ModelRef) else ref_or_name
 
+    def preflight(self, *, offline: bool) -> list[str]:
+        """Local mode: the port is free, or held by this project's own server (deploy replaces it)."""
+        if self.config.mode != "local":
+            return []
+        from prodml.plugins.servers import _state
+        from prodml.runner.preflight import port_taken
+
+        c = self.config
+        why = port_taken(c.host, c.port)
+        if why is None:
+            return []
+        listed = _state.list_servers(prune=False, probe=False)  # a pre-flight changes nothing
+        holders = [r for r in listed if r.running and r.port == c.port]
+        mine = str(c.project_dir) if c.project_dir else None
+        if why == "in use" and holders and all(str(r.project_dir) == mine for r in holders):
+            return []  # this project's server (a run with --keep-serving): deploying replaces it
+        if holders:
+            other = holders[0]
+            why = f"taken by the model server of {other.model!r} for {other.project_dir} (pid {other.pid})"
+        return [
+            f"cannot listen on {c.host}:{c.port}: {why} (server.port); stop what uses it, "
+            "or set server.port to another port (0 picks a free one)"
+        ]
+
     def deploy(self, ref: ModelRef, store: ModelStore, source: DataSource | None = None) -> Endpoint:
         """Serve ``ref``; return once it answers (local) or the InferenceService is Ready."""
         if self.config.mode == "cluster":

@@ -107,6 +107,13 @@ class CsvSource(DataSource):
 
     config: CsvSourceConfig
 
+    def preflight(self, *, offline: bool) -> list[str]:
+        """The CSV file exists and is readable."""
+        from prodml.runner.preflight import missing_file
+
+        problem = missing_file(self.config.path, "the CSV file", field="source.path")
+        return [problem] if problem else []
+
     @property
     def label(self) -> str:
         return self.config.label

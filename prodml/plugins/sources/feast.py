@@ -148,6 +148,22 @@ class FeastSource(DataSource):
         self._engine: str | None = None
         self._plan: list[Any] = []
 
+    def preflight(self, *, offline: bool) -> list[str]:
+        """The repository, its Feast config and the entity file exist (Feast is not imported)."""
+        from prodml.runner.preflight import missing_dir, missing_file
+
+        c = self.config
+        problem = missing_dir(c.repo_path, "the Feast repository", field="source.repo_path")
+        if problem is None:
+            problem = missing_file(
+                Path(c.repo_path) / c.feature_store_yaml,
+                "the Feast config",
+                field="source.repo_path / source.feature_store_yaml",
+            )
+        found = [problem] if problem else []
+        entity_problem = missing_file(c.entity_df, "the entity file", field="source.entity_df")
+        return [*found, entity_problem] if entity_problem else found
+
     # -- the store ---------------------------------------------------------------------
 
     @property
@@ -557,8 +573,12 @@ class FeastSource(DataSource):
             return
         end = end or datetime.now(UTC)
         started = time.perf_counter()
+        from prodml.core.logs import hold_output
+
         try:
-            self.store.materialize(start_date=MATERIALIZE_FROM, end_date=end, feature_views=self._views)
+            # Feast prints `Materializing ...` with colour codes even into a pipe: -v shows it
+            with hold_output("feast materialize"):
+                self.store.materialize(start_date=MATERIALIZE_FROM, end_date=end, feature_views=self._views)
         except Exception as exc:  # the online store is the user's infrastructure
             raise DataError(f"feast source: materialize failed: {type(exc).__name__}: {exc}") from exc
         self._online_ready = True

@@ -22,7 +22,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from prodml import hookimpl
 from prodml.core.config import PluginConfig
-from prodml.core.errors import ConfigError, StoreError
+from prodml.core.errors import ConfigError, ProdmlError, StoreError
 from prodml.core.interfaces import KServeStorage, ModelRef, SecretEnv
 from prodml.core.logs import register_secret
 from prodml.core.plugins import Backend
@@ -246,6 +246,40 @@ class AzureBlobStore(ObjectStore):
 
     def describe(self) -> str:
         return f"azure container {self.config.container!r} at {self.account_url()}"
+
+    def preflight(self, *, offline: bool) -> list[str]:
+        """Credentials are configured (found without the network) and the container answers."""
+        from prodml.core.plugins import module_available
+
+        c = self.config
+        if c.account_url and c.credential is None and not module_available("azure.identity"):
+            return [
+                "store.account_url is set without store.credential, and azure-identity is not "
+                "installed (set store.credential, or pip install azure-identity)"
+            ]
+        if c.connection_string is None and not c.account_url and not os.environ.get(CONNECTION_STRING_ENV):
+            return [
+                f"no Azure credentials: store.connection_string and store.account_url are unset and "
+                f"${CONNECTION_STRING_ENV} is empty (export it, or set account_url + credential)"
+            ]
+        if offline:
+            return []
+        from azure.core.exceptions import ResourceNotFoundError
+
+        # one attempt with short timeouts: a pre-flight must not wait out the retry budget
+        probe = AzureBlobStore(
+            c.model_copy(update={"max_attempts": 1, "connect_timeout": 3, "read_timeout": 10})
+        )
+        try:
+            with probe._translate("reach"):
+                try:
+                    probe.container.get_container_properties()
+                except ResourceNotFoundError:
+                    if not c.create_container:
+                        raise
+        except ProdmlError as exc:
+            return [exc.message if exc.hint is None else f"{exc.message} ({exc.hint})"]
+        return []
 
     def _location(self, key: str) -> str:
         return f"{self.account_url()}/{self.config.container}/{urllib.parse.quote(key)}"

@@ -73,6 +73,13 @@ class LocalStore(ObjectStore):
     def describe(self) -> str:
         return f"local store {self.root}"
 
+    def preflight(self, *, offline: bool) -> list[str]:
+        """The root folder exists or can be created, and is writable."""
+        from prodml.runner.preflight import unwritable_dir
+
+        problem = unwritable_dir(self.root, "the store folder", field="store.root")
+        return [problem] if problem else []
+
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*key.split("/")) if key else self.root
 

@@ -17,13 +17,14 @@ import logging
 import os
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from prodml import hookimpl
 from prodml.core.config import PluginConfig
-from prodml.core.errors import StoreError
+from prodml.core.errors import ProdmlError, StoreError
 from prodml.core.interfaces import KServeStorage, ModelRef, SecretEnv
 from prodml.core.logs import register_secret
 from prodml.core.plugins import Backend
@@ -38,6 +39,17 @@ from prodml.plugins.stores._cluster_access import is_loopback, s3_secret_annotat
 
 log = logging.getLogger("prodml.stores.s3")
 MB = 1 << 20
+#: where else boto3's credential chain looks (profiles, web identity, container roles)
+_CHAIN_ENV = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
 #: S3 allows at most this many parts per multipart upload
 MAX_PARTS = 10_000
 #: a streamed download is read (then hashed and written) in pieces of this size
@@ -120,6 +132,62 @@ class S3Store(ObjectStore):
 
     def describe(self) -> str:
         return f"s3 bucket {self.config.bucket!r} at {self.config.endpoint_url or 'AWS S3'}"
+
+    def preflight(self, *, offline: bool) -> list[str]:
+        """Credentials resolve (without the network when ``offline``) and the bucket answers."""
+        problem = self._credentials_problem(offline)
+        if problem is None and not offline:
+            problem = self._reach_problem()
+        return [problem] if problem else []
+
+    def _credentials_problem(self, offline: bool) -> str | None:
+        c = self.config
+        if c.access_key_id is not None or (
+            os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")
+        ):
+            return None
+        missing = (
+            "no S3 credentials: store.access_key_id/secret_access_key are unset, and so are "
+            "$AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY"
+        )
+        elsewhere = any(os.environ.get(name) for name in _CHAIN_ENV) or any(
+            Path(p).expanduser().is_file() for p in ("~/.aws/credentials", "~/.aws/config")
+        )
+        if not elsewhere and c.endpoint_url:
+            # a profile-less S3-compatible server: nothing else in boto3's chain applies
+            # (instance roles are AWS credentials), so no need to import boto3 to know
+            return f"{missing}, and no AWS profile exists"
+        if offline and not elsewhere:
+            return None  # only an instance role is left, and asking for it needs the network
+        import botocore.session
+
+        try:
+            session = botocore.session.Session()
+            if offline or c.endpoint_url:
+                session.get_component("credential_provider").remove("iam-role")
+            found = session.get_credentials()
+        except Exception as exc:  # a broken profile is reported, not raised
+            return f"the AWS credential chain failed: {type(exc).__name__}: {exc}"
+        return None if found is not None else f"{missing}, and boto3's credential chain found none"
+
+    def _reach_problem(self) -> str | None:
+        from botocore.exceptions import ClientError
+
+        # one attempt with short timeouts: a pre-flight must not wait out the retry budget
+        probe = S3Store(
+            self.config.model_copy(update={"max_attempts": 1, "connect_timeout": 3, "read_timeout": 10})
+        )
+        try:
+            with probe._translate("reach"):
+                try:
+                    probe.client.head_bucket(Bucket=self.config.bucket)
+                except ClientError as exc:
+                    missing = probe._code(exc) in ("NoSuchBucket", "404", "NotFound")
+                    if not (missing and self.config.create_bucket):
+                        raise
+        except ProdmlError as exc:
+            return exc.message if exc.hint is None else f"{exc.message} ({exc.hint})"
+        return None
 
     @property
     def client(self) -> Any:

@@ -206,6 +206,39 @@ class KerasTrainer(Trainer):
 
     config: KerasTrainerConfig
 
+    def preflight(self, *, offline: bool) -> list[str]:
+        """The model file exists, parses, and defines the function (read, never run)."""
+        import ast
+
+        from prodml.runner.preflight import missing_file
+
+        path = self.config.model_path
+        problem = missing_file(path, "the model file", field="trainer.model")
+        if problem:
+            return [problem]
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except SyntaxError as exc:
+            return [f"the model file {path} has a syntax error on line {exc.lineno}: {exc.msg}"]
+        # lenient on purpose: a name bound anywhere (an `if`, an import) counts as defined,
+        # so the check never refuses a file that would load
+        defined: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                defined.add(node.id)
+            elif isinstance(node, ast.alias):
+                defined.add((node.asname or node.name).split(".")[0])
+        wanted = self.config.model_function
+        if wanted is not None and wanted not in defined:
+            return [f"the model file {path} defines no function {wanted!r} (trainer.model)"]
+        if wanted is None and not defined & set(DEFAULT_FUNCTIONS):
+            return [
+                f"the model file {path} defines neither {' nor '.join(DEFAULT_FUNCTIONS)} (trainer.model)"
+            ]
+        return []
+
     def train(self, frame: pd.DataFrame, spec: TrainSpec, out_dir: Path) -> TrainResult:
         """Train on ``frame`` and write a verified bundle to ``out_dir`` (which must not exist)."""
         if self.config.distributed is not None and self.config.distributed.enabled:
