@@ -12,11 +12,38 @@ from pathlib import Path
 import pytest
 
 from prodml.core import plugins
+from prodml.testing.sdk import in_ci, is_missing_sdk_skip
 
 # real SeaweedFS (S3) and Azurite (Azure Blob) servers, one per session, on loopback ports
 from prodml.testing.services import azurite_server, s3_server  # noqa: F401
 
 FEAST_EXAMPLE = Path(__file__).parent.parent / "examples" / "feast_repo"
+
+
+def _fail_missing_sdk_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    """Under CI=true, a skip because an SDK could not be imported becomes a failure.
+
+    One rule for every module, whether it uses prodml.testing.sdk.needs_sdk or
+    pytest.importorskip: CI installs every extra, so a missing SDK there is a broken install.
+    """
+    if not (report.skipped and in_ci() and isinstance(report.longrepr, tuple)):
+        return
+    reason = str(report.longrepr[2])
+    if is_missing_sdk_skip(reason):
+        report.outcome = "failed"
+        report.longrepr = f"CI=true and a test needs an SDK that cannot be imported: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    outcome = yield
+    _fail_missing_sdk_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    _fail_missing_sdk_skip(outcome.get_result())
 
 
 @pytest.fixture(autouse=True)

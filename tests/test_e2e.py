@@ -19,7 +19,13 @@ import pytest
 import yaml
 
 from prodml.plugins.servers.client import predict
+from prodml.testing.sdk import needs_sdk
 from prodml.testing.services import Azurite, SeaweedFS
+
+needs_sdk("tensorflow", extra="tensorflow")
+needs_sdk("kserve", extra="kserve")
+needs_sdk("feast", extra="feast")
+needs_sdk("kfp", extra="kfp")
 
 REPO = Path(__file__).parent.parent
 BASE = yaml.safe_load((REPO / "config" / "local.yaml").read_text())

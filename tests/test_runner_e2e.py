@@ -16,10 +16,12 @@ from prodml.core.bundle import verify_bundle
 from prodml.core.config import load_config
 from prodml.core.interfaces import Endpoint, RunSummary
 from prodml.core.plugins import default_registry
+from prodml.testing.sdk import needs_sdk
 from prodml.testing.services import free_port
 
-pytest.importorskip("kfp")
-pytest.importorskip("kserve")
+needs_sdk("kfp", extra="kfp")
+needs_sdk("kserve", extra="kserve")
+needs_sdk("tensorflow", extra="tensorflow")
 
 pytestmark = [pytest.mark.slow, pytest.mark.kfp, pytest.mark.kserve, pytest.mark.e2e]
 

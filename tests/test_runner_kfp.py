@@ -19,8 +19,9 @@ from prodml.core.config import load_config_dict
 from prodml.core.errors import RunnerError
 from prodml.runner import kfp as kfp_runner
 from prodml.testing.runners import RunnerConformance
+from prodml.testing.sdk import needs_sdk
 
-pytest.importorskip("kfp")
+needs_sdk("kfp", extra="kfp")
 
 pytestmark = pytest.mark.kfp
 

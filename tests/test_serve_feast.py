@@ -9,9 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from prodml.testing.sdk import needs_sdk
+
 pytestmark = [pytest.mark.slow, pytest.mark.feast, pytest.mark.kserve]
 
-feast = pytest.importorskip("feast")
+feast = needs_sdk("feast", extra="feast")
+needs_sdk("kserve", extra="kserve")
+needs_sdk("tensorflow", extra="tensorflow")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,11 @@ import pytest
 
 from prodml.core.interfaces import ModelRef
 from prodml.plugins.servers import client
+from prodml.testing.sdk import needs_sdk
 from prodml.testing.servers import ModelServerConformance, in_process_predictions, train_tiny_bundle
+
+needs_sdk("tensorflow", extra="tensorflow")
+needs_sdk("kserve", extra="kserve")
 
 pytestmark = [pytest.mark.slow, pytest.mark.kserve]
 

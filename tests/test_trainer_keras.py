@@ -18,7 +18,10 @@ from prodml.core.bundle import SAVED_MODEL_DIR, BundleMetadata, verify_bundle
 from prodml.core.errors import BundleError, DataError, TrainingError
 from prodml.core.interfaces import DatasetSchema, TrainSpec
 from prodml.plugins.trainers.keras import KerasTrainer, KerasTrainerConfig, ModelSpec, load_bundle
+from prodml.testing.sdk import needs_sdk
 from prodml.testing.trainers import TrainerConformance, regression_frame
+
+needs_sdk("tensorflow", extra="tensorflow")
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "quickstart" / "model.py"

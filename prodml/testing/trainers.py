@@ -31,6 +31,7 @@ from prodml.core.bundle import (
 from prodml.core.errors import BundleError, DataError, ProdmlError
 from prodml.core.interfaces import DatasetSchema, TrainResult, TrainSpec
 from prodml.testing.base import BackendConformance
+from prodml.testing.sdk import needs_sdk
 
 
 def regression_frame(rows: int = 96, features: int = 3, seed: int = 0) -> Any:
@@ -120,7 +121,7 @@ class TrainerConformance(BackendConformance):
         assert meta.metrics == pytest.approx(dict(trained.metrics))
 
     def test_saved_model_serves_the_named_signature(self, trained: TrainResult, training_frame: Any) -> None:
-        tf = pytest.importorskip("tensorflow")
+        tf = needs_sdk("tensorflow", extra="tensorflow")
         import numpy as np
 
         meta = BundleMetadata.read(Path(trained.bundle_dir))
