@@ -101,8 +101,17 @@ def show_endpoint(
     except Exception as exc:  # the run succeeded; a failed sample is information, not an error
         print(f"sample prediction failed: {exc}", file=out)
         return None
-    print(f"sample prediction for the first {len(instances)} rows: {predictions}", file=out)
+    print(f"sample prediction for the first {len(instances)} rows: {_rounded(predictions)}", file=out)
     return predictions
+
+
+def _rounded(value: Any, digits: int = 3) -> Any:
+    """Floats to ``digits`` decimals for the console (float32 answers print 17 digits otherwise)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, list | tuple):
+        return [_rounded(v, digits) for v in value]
+    return value
 
 
 def stop_server(endpoint: Endpoint, server: Any, out: TextIO | None = None) -> None:

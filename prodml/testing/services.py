@@ -179,8 +179,10 @@ class SeaweedFS(_Server):
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
         binary: Path | None = None,
+        s3_port: int = 0,
     ) -> None:
         self.workdir = Path(workdir)
+        self.wanted_s3_port = s3_port  # 0: any free port
         self.access_key_id = access_key_id or "AK" + uuid.uuid4().hex[:18].upper()
         self.secret_access_key = secret_access_key or "sk-" + uuid.uuid4().hex + uuid.uuid4().hex[:8]
         self.binary = binary or _find_binary("weed", "WEED", [])
@@ -209,7 +211,10 @@ class SeaweedFS(_Server):
         iam_file = self.workdir / "s3.json"
         iam_file.write_text(json.dumps(iam))
         taken: set[int] = set()
-        master, volume, filer, s3 = (free_port(grpc_offset=10000, taken=taken) for _ in range(4))
+        if self.wanted_s3_port:
+            taken |= {self.wanted_s3_port, self.wanted_s3_port + 10000}
+        master, volume, filer = (free_port(grpc_offset=10000, taken=taken) for _ in range(3))
+        s3 = self.wanted_s3_port or free_port(grpc_offset=10000, taken=taken)
         self.s3_port = s3
         cmd = [
             str(self.binary),
@@ -307,8 +312,9 @@ class SeaweedFS(_Server):
 class Azurite(_Server):
     """Azurite's blob service on a free loopback port, data in ``workdir``."""
 
-    def __init__(self, workdir: Path, *, binary: Path | None = None) -> None:
+    def __init__(self, workdir: Path, *, binary: Path | None = None, port: int = 0) -> None:
         self.workdir = Path(workdir)
+        self.wanted_port = port  # 0: any free port
         extra = [root / "tools" / "node_modules" / ".bin" / "azurite-blob" for root in _project_roots()]
         self.binary = binary or _find_binary("azurite-blob", "AZURITE_BLOB", extra)
         self.port = 0
@@ -333,7 +339,7 @@ class Azurite(_Server):
         if shutil.which("node") is None:
             raise ServiceUnavailable("Node.js (`node`) is not on PATH; Azurite needs it", INSTALL_AZURITE)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self.wanted_port or free_port()
         cmd = [
             str(self.binary),
             "--blobHost",
