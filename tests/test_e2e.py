@@ -57,7 +57,8 @@ def store_block(kind: str, tmp_path: Path, env: dict[str, str], request: pytest.
 
 
 def run_case(tmp_path: Path, request: pytest.FixtureRequest, source: str, store: str, runner: str) -> None:
-    env = dict(os.environ)
+    # local server records go to the test's folder too (never the user's ~/.cache)
+    env = {**os.environ, "PRODML_STATE_HOME": str(tmp_path / "serving" / "records")}
     config = {
         **BASE,
         "project": f"e2e-{source}-{store}".replace("_", "-"),
@@ -68,7 +69,8 @@ def run_case(tmp_path: Path, request: pytest.FixtureRequest, source: str, store:
             "epochs": 2,
         },
         "store": store_block(store, tmp_path, env, request),
-        "server": {**BASE["server"], "port": 0},
+        # the server's state (bundle cache, pid file, log) in the test's folder, and scanned below
+        "server": {**BASE["server"], "port": 0, "state_dir": str(tmp_path / "serving")},
         "runner": {"type": runner, "work_dir": str(tmp_path / "work")},
     }
     path = tmp_path / "prodml.yaml"
@@ -116,6 +118,12 @@ def run_case(tmp_path: Path, request: pytest.FixtureRequest, source: str, store:
             env=env,
         )
         assert stop.returncode == 0, stop.stderr
+    # nothing the server process wrote (its log, state file, cached bundle) holds a credential
+    served = [p for p in (tmp_path / "serving").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".log" for p in served), served
+    for secret in ("E2E_S3_SECRET", "E2E_AZURE_CONN"):
+        if secret in env:
+            assert not _files_containing(tmp_path / "serving", env[secret])
 
 
 def _files_containing(root: Path, needle: str) -> list[Path]:

@@ -95,3 +95,52 @@ def test_unknown_entity_is_404_naming_the_key(feast_served: Any) -> None:
         client.predict(endpoint.url, "houses", [{"no_such_key": 1}])
     assert wrong_key.value.status == 400 and key in wrong_key.value.reason
     assert json.loads(json.dumps(client.call(f"{endpoint.url}/v2/health/ready"))) == {"ready": True}
+
+
+def test_an_entity_with_some_features_missing_is_422_naming_them(feast_served: Any) -> None:
+    import pandas as pd
+
+    from prodml.plugins.servers import client
+
+    endpoint, source, _bundle, schema, ids = feast_served
+    key = schema.entity_keys[0]
+    # an entity known to one feature view only: its location is online, its structure is not
+    partial = pd.DataFrame(
+        {key: [555_555], "distance": [1.5], "quality": [0.5], "event_timestamp": [pd.Timestamp.now(tz="UTC")]}
+    )
+    source.store.write_to_online_store("house_location", partial)
+    with pytest.raises(client.PredictionError) as caught:
+        client.predict(endpoint.url, "houses", [{key: ids[0]}, {key: 555_555}])
+    assert caught.value.status == 422
+    reason = caught.value.reason
+    assert "555555" in reason and all(f in reason for f in ("sqft", "rooms", "age")), reason
+    assert "distance" not in reason
+    # the server keeps answering complete entities
+    assert len(client.predictions(client.predict(endpoint.url, "houses", [{key: ids[0]}]))) == 1
+
+
+def test_a_source_with_other_feature_refs_is_refused_at_load(feast_served: Any, tmp_path: Path) -> None:
+    from prodml.core.errors import ServingError
+    from prodml.plugins.servers.kserve import KServeServer, KServeServerConfig
+    from prodml.plugins.sources.feast import FeastSource, FeastSourceConfig
+    from prodml.plugins.stores.local import LocalStore, LocalStoreConfig
+
+    _endpoint, source, bundle, schema, _ids = feast_served
+    reordered = list(reversed(schema.feature_refs))  # the same features, in another order
+    other = FeastSource(
+        FeastSourceConfig.model_validate(
+            {**source.config.model_dump(), "feature_service": None, "features": reordered}
+        )
+    )
+    store = LocalStore(LocalStoreConfig(type="local", root=tmp_path / "store"))
+    ref = store.push(bundle, "houses")
+    server = KServeServer(
+        KServeServerConfig(type="kserve", port=0, feature_lookup=True, state_dir=tmp_path / "state")
+    )
+    try:
+        with pytest.raises(ServingError, match="could not load the model") as caught:
+            server.deploy(ref, store, other)
+        assert "differ from the ones the model was trained on" in str(caught.value)
+    finally:
+        server.undeploy("houses")
+    assert server.status("houses").ready is False

@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -513,3 +514,217 @@ def test_v2_body_without_json_content_type_says_what_to_send(server: Any) -> Non
     status, answer = send(server.url, V2, body, content_type="text/plain")
     assert status == 400
     assert "Content-Type: application/json" in answer["error"], answer
+
+
+# -- what the docs promise, through HTTP ----------------------------------------------------------
+
+LAYERS_MODEL = """
+import keras
+
+
+def build_model(spec):
+    inputs = keras.Input(shape=(spec.input_width,), name="features")
+    x = keras.layers.Dense(8, activation="tanh")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Dense(8, activation="sigmoid")(x)
+    x = keras.layers.Activation("tanh")(x)
+    x = keras.layers.Dense(4, activation="softmax")(x)
+    outputs = keras.layers.Dense(1, name="prediction")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="mse")
+    return model
+"""
+
+# A layer that looks like Dense to anything reading layer class names, but doubles its output:
+# a NumPy re-implementation of Dense disagrees with it, so TensorFlow must serve it.
+LOOKALIKE_MODEL = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="prodml_test")
+class Dense(keras.layers.Dense):
+    def call(self, inputs):
+        return super().call(inputs) * 2.0 + 1.0
+
+
+def build_model(spec):
+    inputs = keras.Input(shape=(spec.input_width,), name="features")
+    hidden = Dense(8, activation="relu")(inputs)
+    outputs = Dense(1, name="prediction")(hidden)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="mse")
+    return model
+"""
+
+
+def train_bundle(out_dir: Path, model_code: str, *, trust_model_code: bool = False) -> Path:
+    """A bundle of ``model_code`` trained by the real keras trainer on the tiny frame."""
+    from prodml.core.bundle import frame_fingerprint
+    from prodml.core.interfaces import DatasetSchema, TrainSpec
+    from prodml.plugins.trainers.keras import KerasTrainer, KerasTrainerConfig
+    from prodml.testing.trainers import regression_frame
+
+    frame = regression_frame(rows=64)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    model_file = out_dir.parent / "model.py"
+    model_file.write_text(model_code)
+    config = KerasTrainerConfig(
+        type="keras", model=f"{model_file}:build_model", epochs=2, seed=3, trust_model_code=trust_model_code
+    )
+    spec = TrainSpec(
+        model_name=NAME,
+        schema=DatasetSchema(
+            feature_names=tuple(FEATURES),
+            label="target",
+            dtypes={c: str(frame[c].dtype) for c in frame.columns},
+            rows=len(frame),
+            sha256=frame_fingerprint(frame),
+        ),
+    )
+    return Path(KerasTrainer(config).train(frame, spec, out_dir).bundle_dir)
+
+
+def reference(bundle: Path, rows: Any, *, trust_model_code: bool = False) -> np.ndarray:
+    from prodml.plugins.trainers.keras import load_bundle
+
+    model, _ = load_bundle(bundle, trust_model_code=trust_model_code)
+    return np.asarray(model(np.asarray(rows, dtype=np.float32), training=False))
+
+
+def deployed(bundle: Path, tmp_path: Path, **server: Any) -> tuple[Any, Any, ModelRef, Any]:
+    """(server backend, store, ref, endpoint) of ``bundle`` served from a local store."""
+    from prodml.plugins.servers.kserve import KServeServer, KServeServerConfig
+    from prodml.plugins.stores.local import LocalStore, LocalStoreConfig
+
+    store = LocalStore(LocalStoreConfig(type="local", root=tmp_path / "store"))
+    ref = store.push(bundle, NAME)
+    backend = KServeServer(KServeServerConfig(type="kserve", port=0, state_dir=tmp_path / "state", **server))
+    return backend, store, ref, backend.deploy(ref, store)
+
+
+MANY_ROWS = np.random.default_rng(5).normal(scale=2.0, size=(32, 3)).tolist()
+
+
+def test_batchnorm_sigmoid_tanh_softmax_layers_serve_what_keras_computes(tmp_path: Path) -> None:
+    bundle = train_bundle(tmp_path / "layers" / "bundle", LAYERS_MODEL)
+    backend, _store, _ref, endpoint = deployed(bundle, tmp_path)
+    try:
+        expected = reference(bundle, MANY_ROWS)
+        for protocol in ("v1", "v2"):
+            got = client.predictions(client.predict(endpoint.url, NAME, MANY_ROWS, protocol=protocol))
+            np.testing.assert_allclose(np.asarray(got, dtype=np.float32), expected, rtol=1e-4, atol=1e-5)
+        one = client.predictions(client.predict(endpoint.url, NAME, MANY_ROWS[:1]))
+        np.testing.assert_allclose(np.asarray(one, dtype=np.float32), expected[:1], rtol=1e-4, atol=1e-5)
+    finally:
+        backend.undeploy(NAME)
+
+
+def test_a_layer_a_fast_path_would_misread_is_served_by_tensorflow(tmp_path: Path) -> None:
+    bundle = train_bundle(tmp_path / "lookalike" / "bundle", LOOKALIKE_MODEL, trust_model_code=True)
+    backend, _store, _ref, endpoint = deployed(bundle, tmp_path, trust_model_code=True)
+    try:
+        expected = reference(bundle, MANY_ROWS, trust_model_code=True)
+        for rows in (MANY_ROWS[:1], MANY_ROWS):
+            got = client.predictions(client.predict(endpoint.url, NAME, rows))
+            np.testing.assert_allclose(
+                np.asarray(got, dtype=np.float32), expected[: len(rows)], rtol=1e-4, atol=1e-5
+            )
+    finally:
+        backend.undeploy(NAME)
+
+
+def _server_processes(pid: int) -> list[int]:
+    """The model-server processes of the process group led by ``pid``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            pgid = os.getpgid(int(proc.name))
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, ProcessLookupError):
+            continue
+        if pgid == pid and b"prodml.plugins.servers._main" in cmdline:
+            found.append(int(proc.name))
+    return sorted(found)
+
+
+def all_workers_ready(url: str) -> None:
+    """Wait until ready answers keep coming (every worker has loaded).
+
+    deploy returns when one worker answers ready; the kernel may hand a new connection to
+    another while it still loads (503): a known gap of workers > 1.
+    """
+    streak, deadline = 0, time.monotonic() + 180
+    while streak < 12 and time.monotonic() < deadline:
+        streak = streak + 1 if send(url, f"/v2/models/{NAME}/ready")[0] == 200 else 0
+        time.sleep(0.05)
+
+
+def test_max_rows_workers_and_deploying_again(bundle: Path, tmp_path: Path) -> None:
+    from prodml.plugins.servers import _local
+
+    backend, store, first, endpoint = deployed(bundle, tmp_path, max_rows=2, workers=2)
+    try:
+        pid = int(endpoint.details["pid"])
+        # workers: 2 processes share the port, and every request is answered
+        assert len(_server_processes(pid)) == 2
+        all_workers_ready(endpoint.url)
+        for _ in range(8):
+            assert len(client.predictions(client.predict(endpoint.url, NAME, ROWS[:2]))) == 2
+        # max_rows: one row over the limit is refused whole, with the limit named
+        for protocol in ("v1", "v2"):
+            with pytest.raises(client.PredictionError) as caught:
+                client.predict(endpoint.url, NAME, ROWS[:3], protocol=protocol)
+            assert caught.value.status == 413, caught.value
+            assert re.search(r"\b2\b", caught.value.reason), caught.value.reason  # names the limit
+        assert_healthy(endpoint.url)
+
+        # deploying again (a new version) replaces the running server: old processes gone
+        second = store.push(train_tiny_bundle(tmp_path / "second" / "bundle", model_name=NAME), NAME)
+        again = backend.deploy(second, store)
+        assert not any(_local.process_alive(p, entry_point=False) for p in _server_processes(pid))
+        assert _server_processes(pid) == []
+        all_workers_ready(again.url)
+        status = backend.status(NAME)
+        assert status.ready and second.version in status.reason
+        answer = client.predict(again.url, NAME, ROWS[:1], protocol="v2")
+        assert answer["model_version"] == second.version != first.version
+    finally:
+        backend.undeploy(NAME)
+    assert not _server_processes(int(again.details["pid"]))
+
+
+SERVER_SECRET = "srv-Secret-Value-9f3b2e71c4"
+
+
+def test_secrets_given_to_the_server_are_masked_in_its_log(bundle: Path, tmp_path: Path) -> None:
+    from prodml.plugins.servers import _local
+    from prodml.plugins.servers.kserve import KServeServerConfig
+
+    # the server process registers the spec's secrets and masks them in every log line, also
+    # third-party ones (here: the access log line of a request whose URL carries one)
+    config = KServeServerConfig(type="kserve", port=0, access_log=True, state_dir=tmp_path / "state")
+    from prodml.plugins.stores.local import LocalStore, LocalStoreConfig
+
+    store = LocalStore(LocalStoreConfig(type="local", root=tmp_path / "store"))
+    ref = store.push(bundle, NAME)
+    path = _local.pull_to_cache(config, ref, store, NAME)
+    port = _free_port()
+    spec, _ = _local.serving_spec(config, ref, path, NAME, None, port)
+    spec["secrets"] = [SERVER_SECRET]
+    log = tmp_path / "server.log"
+    proc = _start_entry_point(spec, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _states_until(url, lambda s: s[1] == 200, proc)
+        status, _ = send(
+            url, f"/v1/models/{NAME}:predict?token={SERVER_SECRET}", '{"instances": [[1, 2, 3]]}'
+        )
+        assert status == 200
+        send(url, f"/v2/models/{SERVER_SECRET}/infer", _v2())
+    finally:
+        _stop(proc)
+    text = log.read_text()
+    assert "token=***" in text, text[-3000:]
+    assert SERVER_SECRET not in text

@@ -242,3 +242,58 @@ def test_cli_reports_a_stopped_server_without_traceback(backend: str, request, t
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ")
     assert dead in result.stderr
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param("s3", marks=pytest.mark.s3), pytest.param("azure", marks=pytest.mark.azure)]
+)
+def test_push_killed_between_the_manifest_and_latest(backend: str, request, tmp_path: Path) -> None:
+    """The last moment a push can die: every file and the manifest stored, `latest` not yet moved."""
+    if backend == "s3":
+        server = request.getfixturevalue("s3_server")
+        section, port = server.store_config(), server.s3_port
+    else:
+        server = request.getfixturevalue("azurite_server")
+        section, port = server.store_config(), server.port
+    store = build(section)
+    first_dir = make_bundle(tmp_path / "first", seed=1)
+    first = store.push(first_dir, MODEL)
+    env = {**os.environ}
+    with FaultProxy(port) as proxy:
+        proxy.drop = ("PUT", f"/{MODEL}/latest")  # the pointer update never reaches the server
+        env["PRODML_TEST_STORE"] = json.dumps(through(proxy, section))
+        child = subprocess.Popen(
+            [sys.executable, "-c", PUSH_CHILD, str(make_bundle(tmp_path / "second", seed=2)), MODEL],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not proxy.dropped:
+                if child.poll() is not None:
+                    out, err = child.communicate()
+                    pytest.fail(f"the push ended before `latest`: {out!r} {err.decode()[-2000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail("the push never reached `latest`")
+                time.sleep(0.01)
+            # the manifest was stored before the pointer was touched: kill it right here
+            assert proxy.count("PUT", "MANIFEST.sha256") == 1
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+    # latest still names the first version, which pulls intact
+    assert store.resolve(MODEL) == first
+    assert tree(store.pull(first, tmp_path / "pulled-first")) == tree(first_dir)
+    # the second version is complete (manifest last): listed, never latest, and it verifies
+    second = [v.version for v in store.versions(MODEL) if v.version != first.version]
+    assert len(second) == 1 and not [v for v in store.versions(MODEL) if v.latest and v.version in second]
+    pulled = store.pull(store.resolve(MODEL, second[0]), tmp_path / "pulled-second")
+    assert tree(pulled) == tree(tmp_path / "second")
+    # and the next push moves latest as usual
+    third = store.push(make_bundle(tmp_path / "third", seed=3), MODEL)
+    assert store.resolve(MODEL) == third

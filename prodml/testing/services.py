@@ -420,7 +420,9 @@ class FaultProxy:
 
     It forwards requests unchanged (the Host header too, so signatures stay valid) and can
     inject faults: answer the next ``fail_next`` requests with ``status`` (default 503), or
-    add ``delay`` seconds before forwarding each request.
+    add ``delay`` seconds before forwarding each request, or drop every request matching
+    ``drop`` = (method, path fragment) unforwarded (as if its client died before sending it;
+    listed in ``dropped``).
     """
 
     def __init__(self, target_port: int) -> None:
@@ -428,6 +430,8 @@ class FaultProxy:
         self.fail_next = 0
         self.status = 503
         self.delay = 0.0
+        self.drop: tuple[str, str] | None = None
+        self.dropped: list[tuple[str, str]] = []
         self.requests = 0
         self.failed = 0
         #: (method, path) of every request forwarded and answered, in order
@@ -456,6 +460,10 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 with proxy._lock:
                     proxy.requests += 1
+                    if proxy.drop and self.command == proxy.drop[0] and proxy.drop[1] in self.path:
+                        proxy.dropped.append((self.command, self.path))
+                        self.close_connection = True
+                        return  # never forwarded, never answered
                     fail = proxy.fail_next > 0
                     if fail:
                         proxy.fail_next -= 1
