@@ -509,11 +509,17 @@ def test_cli_serve_on_a_taken_port_says_so_first(store_and_ref: tuple[Any, Model
     assert not (tmp_path / "state" / "models").exists()  # nothing was pulled
 
 
-def test_v2_body_without_json_content_type_says_what_to_send(server: Any) -> None:
+def test_v2_body_without_json_content_type_is_read_as_json(server: Any, bundle: Path) -> None:
+    # curl -d sends application/x-www-form-urlencoded: the V2 JSON is still understood
     body = _v2({"name": "features", "shape": [1, 3], "datatype": "FP32", "data": ROWS[:1]})
-    status, answer = send(server.url, V2, body, content_type="text/plain")
-    assert status == 400
-    assert "Content-Type: application/json" in answer["error"], answer
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        status, answer = send(server.url, V2, body, content_type=content_type)
+        assert status == 200, answer
+        np.testing.assert_allclose(
+            np.asarray(client.predictions(answer), dtype=np.float32),
+            in_process_predictions(bundle, ROWS[:1]),
+            rtol=1e-5,
+        )
 
 
 # -- what the docs promise, through HTTP ----------------------------------------------------------
