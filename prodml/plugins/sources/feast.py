@@ -1,12 +1,16 @@
 """The ``feast`` data source: point-in-time correct training frames and online features.
 
-Training data comes from Feast's ``get_historical_features``: for each row of the entity
-frame (join keys, ``event_timestamp``, label), each feature takes the newest value whose
-timestamp is not after the row's timestamp and not older than the feature view's TTL
-(``event_ts - ttl <= feature_ts <= event_ts``, both ends inclusive, as Feast defines it;
-ties broken by the created timestamp). By default values *written* after the row's timestamp
-(``created`` later than ``event_timestamp``) are excluded too, so back-filled data cannot
-leak into training.
+For each row of the entity frame (join keys, ``event_timestamp``, label), each feature takes
+the newest value whose timestamp is not after the row's timestamp and not older than the
+feature view's TTL (``event_ts - ttl <= feature_ts <= event_ts``, both ends inclusive, as
+Feast defines it; ties broken by the created timestamp, then by the later stored row). By
+default values *written* after the row's timestamp (``created`` later than
+``event_timestamp``) are excluded too, so back-filled data cannot leak into training.
+
+Who computes it is ``engine``: prodml's DuckDB queries over the views' Parquet files
+(``_feast_plan.py`` reads the registry, ``_pit_engine.py`` joins), or Feast's own
+``get_historical_features``; ``auto`` picks DuckDB when it can read every requested view.
+docs/feast.md states the rule and where Feast's stores differ from it.
 
 The repository works from a fresh clone: on first use the source imports the repository's
 definition files and applies them (what ``feast apply`` does), creating the registry and the
