@@ -180,3 +180,30 @@ def test_a_missing_source_file_names_the_view(tmp_path: Path) -> None:
         DataError, match=r"feature view .stats.: its source file .*stats\.parquet does not exist"
     ):
         source(repo).training_frame()
+
+
+def test_the_progress_bar_of_a_terminal_changes_nothing(tmp_path: Path) -> None:
+    """On a TTY DuckDB prints progress for long joins; the answer is the same."""
+    from datetime import timedelta
+
+    from prodml.plugins.sources._pit_engine import PointInTimeJoin, ViewQuery
+
+    repo = make_repo(tmp_path, entity_rows=2_000, feature_rows=500)
+    view = ViewQuery(
+        name="stats",
+        paths=(str(repo / "data" / "stats.parquet"),),
+        join_keys=(("customer_id", "customer_id"),),
+        timestamp_field="event_timestamp",
+        created_column="created",
+        features=(("f0", "f0"), ("f1", "f1")),
+        ttl=timedelta(days=30),
+    )
+    entities = pd.read_parquet(repo / "entities.parquet")
+    frames = [
+        PointInTimeJoin(2**30, progress=progress).join(
+            entities, "event_timestamp", [view], filter_by_created=True
+        )
+        for progress in (True, False)
+    ]
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert frames[0]["f0"].notna().sum() > 100
