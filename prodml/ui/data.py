@@ -8,7 +8,8 @@ Sources, all through the same code the CLI uses:
   version's manifest before it is believed;
 - the history of ``latest`` and the promote/rollback writes, through
   :mod:`prodml.lifecycle` (the module ``prodml models promote|rollback`` calls);
-- the running local servers (:mod:`prodml.plugins.servers._state`, ``prodml status``).
+- the running local servers (:func:`prodml.plugins.servers._state.list_servers`, as
+  ``prodml status`` lists them).
 
 :mod:`prodml.ui.runs`, :mod:`prodml.ui.models` and :mod:`prodml.ui.endpoints` hold what
 each page shows; :class:`Project` finds it. Stored versions are immutable, so their metadata
@@ -470,20 +471,16 @@ class Project:
         return getattr(section, "model_name", None) or self.model_name
 
     def servers(self) -> list[ServerView]:
-        """The running local servers of this project's model (ready probed now)."""
-        section = self.config.section("server")
-        if section is None:
+        """The running local servers of this project's model (``prodml status``'s records)."""
+        if self.config.section("server") is None:
             return []
-        name = self.served_name()
-        with contextlib.suppress(ImportError):
-            from prodml.plugins.servers._state import list_servers  # issue 12's shared registry
+        from prodml.plugins.servers._state import list_servers
 
-            return [server_view(r) for r in list_servers(prune=True) if self._ours(r, name)]
-        return self._servers_from_state_file(section, name)
+        name = self.served_name()
+        return [server_view(r) for r in list_servers(prune=True) if self._ours(r, name)]
 
     def _ours(self, record: Any, name: str) -> bool:
-        model = record_field(record, "model", "model_name")
-        if model != name:
+        if record_field(record, "model", "model_name") != name:
             return False
         project_dir = record_field(record, "project_dir")
         if project_dir:  # servers are keyed by project folder: server.project_dir or the config's
@@ -493,31 +490,6 @@ class Project:
         if config_file and self.config.source_file is not None:
             return Path(config_file).resolve() == self.config.source_file.resolve()
         return True
-
-    def _servers_from_state_file(self, section: Any, name: str) -> list[ServerView]:
-        if not hasattr(section, "resolved_state_dir"):
-            return []
-        from prodml.plugins.servers import _local
-
-        state = _local.read_state(section, name)
-        if state is None:
-            return []
-        pid = int(state.get("pid", 0))
-        if not _local.process_alive(pid, entry_point=not state.get("foreground")):
-            return []
-        ready, reason = _local.probe_ready(state["url"], name, timeout=1.0)
-        return [
-            ServerView(
-                model_name=name,
-                version=str(state.get("version", "")),
-                url=str(state["url"]),
-                ready=ready,
-                reason=reason,
-                pid=pid,
-                started_at=parse_time(state.get("started_at")),
-                config_file=str(self.config.source_file or ""),
-            )
-        ]
 
     def server(self, model_name: str) -> ServerView:
         for server in self.servers():
