@@ -164,6 +164,9 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    # a promote moves the running server too (a new process loads the model): allow for it
+    context.set_default_timeout(180_000)
+    context.set_default_navigation_timeout(180_000)
     opened = context.new_page()
     yield opened
     context.close()
@@ -267,6 +270,15 @@ def test_versions_metrics_and_the_latest_mark(project, page) -> None:
         assert f"{name} {value:.6g}" in shown
 
 
+def test_training_curves_have_one_point_per_epoch(project, page) -> None:
+    for version, epochs in zip(project["versions"], EPOCHS, strict=True):
+        page.goto(project["url"] + f"/models/{version}")
+        chart = page.locator('svg.curve[data-metric="loss"]')
+        assert chart.count() == 1
+        assert chart.locator("circle.point.train").count() == epochs
+        assert chart.locator("circle.point.validation").count() == epochs
+
+
 def test_try_it_returns_the_models_own_prediction(project, page, shots) -> None:
     import keras
     import numpy as np
@@ -311,6 +323,25 @@ def test_a_forged_post_is_refused(project, page) -> None:
     response = page.request.post(url + "/models/rollback", form={"confirm": "yes", "token": "guessed"})
     assert response.status == 403
     assert cli_latest(project["config"]) == second
+
+
+def test_promote_and_rollback_from_the_page_move_latest(project, page) -> None:
+    first, second = project["versions"]
+    page.goto(project["url"] + "/models")
+    page.locator(f'tr[data-version="{first}"] button.promote').click()
+    page.wait_for_selector("#confirm")  # the confirmation step
+    assert cli_latest(project["config"]) == second  # nothing moved before confirming
+    page.locator("#confirm").click()
+    page.wait_for_selector("p.notice")
+    assert page.locator("tr.is-latest").get_attribute("data-version") == first
+    assert cli_latest(project["config"]) == first
+    page.locator("button.rollback").click()
+    page.locator("#confirm").click()
+    page.wait_for_selector("p.notice")
+    assert cli_latest(project["config"]) == second
+    history = page.locator("table.history tbody tr")
+    assert history.count() >= 2
+    assert "rollback" in history.nth(0).inner_text()
 
 
 def test_the_dashboard_answers_while_a_run_executes(tmp_path: Path, env, page, shots) -> None:

@@ -296,3 +296,19 @@ def test_history_as_a_list_of_epoch_records() -> None:
         },
     )
     assert epoch_history(meta) == {"loss": [2.0, 1.0], "val_loss": [3.0, 2.0]}
+
+
+def test_promote_rollback_and_history_through_the_lifecycle_code(stored) -> None:
+    project, (first, second) = stored
+    assert project.can_move_latest
+    before = project.history()
+    assert before is not None and before[0].to_version == second  # newest first
+    message = project.promote(first)
+    assert first in message and project.latest_version() == first
+    moves = project.history()
+    assert (moves[0].reason, moves[0].from_version, moves[0].to_version) == ("promote", second, first)
+    assert len(moves) == len(before) + 1
+    project.rollback()
+    assert project.latest_version() == second
+    assert project.history()[0].reason == "rollback"
+    assert [v.version for v in project.versions().items if v.latest] == [second]
