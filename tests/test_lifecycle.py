@@ -406,3 +406,94 @@ def test_a_store_that_cannot_move_latest_atomically_is_refused(project: Path) ->
 
     with pytest.raises(StoreError, match=r"the NoMoves store cannot move `latest` atomically.*refusing"):
         move_latest(NoMoves(None), "m", ref.version, reason="promote")
+
+
+# -- the served model follows latest, and only latest --------------------------------------------
+
+
+@pytest.mark.kserve
+@pytest.mark.slow
+def test_a_gated_run_leaves_the_served_model_and_promote_rollback_move_it(project: Path, capsys) -> None:
+    """A real local KServe server: the gated version never reaches it; promote and rollback do."""
+    from prodml.core.interfaces import Endpoint
+    from prodml.plugins.servers import client
+
+    server = {"type": "kserve", "mode": "local", "port": 0, "state_dir": str(project / "serving")}
+    stages = ["fetch", "train", "export", "serve"]
+    write(project, server=server, stages=stages)
+    config = str(project / "prodml.yaml")
+    rows = [[0.5, -0.1, 0.7, 0.4, -0.8]]
+
+    def served() -> tuple[str, float]:
+        answer = client.predict(endpoint.url, "gated", rows, protocol="v2")
+        return answer["model_version"], float(client.predictions(answer)[0][0])
+
+    assert run(project, "--keep-serving") == 0
+    endpoint = Endpoint.read(latest_run(project) / "endpoint.json")
+    try:
+        first = pointer(project)
+        first_answer = served()
+        assert first_answer[0] == first
+
+        write(project, learning_rate=0.0, server=server, stages=stages)
+        assert run(project) == 3
+        second = next(v for v in versions(project) if v != first)
+        assert served() == first_answer, "the gated version must not reach the server"
+
+        capsys.readouterr()
+        assert main(["models", "promote", "-c", config, second]) == 0
+        out = capsys.readouterr().out
+        assert f"now serves {second}" in out
+        moved = served()
+        assert moved[0] == second and moved[1] != pytest.approx(first_answer[1])
+
+        assert main(["models", "rollback", "-c", config]) == 0
+        assert served() == first_answer
+    finally:
+        from prodml.core.config import load_config as load
+        from prodml.core.plugins import default_registry
+
+        loaded = load(project / "prodml.yaml")
+        default_registry().create("server", loaded.server).undeploy("gated")
+
+
+# -- the gate in a Kubeflow pipeline ----------------------------------------------------------------
+
+
+def test_a_gated_pipeline_hands_the_dataset_to_the_export_step(project: Path) -> None:
+    """Re-scoring needs the fetched rows, so under a gate the export task also takes fetch's Dataset."""
+    pytest.importorskip("kfp")
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    write(project, runner={"type": "kfp-local"})
+    out = project / "pipeline.yaml"
+    assert main(["compile", "-c", str(project / "prodml.yaml"), "-o", str(out)]) == 0
+    spec = json_format.ParseDict(next(yaml.safe_load_all(out.read_text())), pipeline_spec_pb2.PipelineSpec())
+    export = spec.root.dag.tasks["export"]
+    assert export.inputs.artifacts["dataset"].task_output_artifact.producer_task == "fetch"
+    assert export.inputs.artifacts["model"].task_output_artifact.producer_task == "train"
+
+    write(project, runner={"type": "kfp-local"}, gate=None)
+    assert main(["compile", "-c", str(project / "prodml.yaml"), "-o", str(out)]) == 0
+    spec = json_format.ParseDict(next(yaml.safe_load_all(out.read_text())), pipeline_spec_pb2.PipelineSpec())
+    assert "dataset" not in spec.root.dag.tasks["export"].inputs.artifacts  # no download without a gate
+
+
+@pytest.mark.kfp
+@pytest.mark.slow
+def test_a_kfp_local_export_step_rescoring_on_new_data_keeps_a_worse_model_out(project: Path, capsys) -> None:
+    pytest.importorskip("kfp")
+    assert run(project) == 0  # the local runner trains the first version
+    first = pointer(project)
+    use_rows(project, 400, 600)  # new data: the export step must re-score the first version on it
+    write(project, learning_rate=0.0, runner={"type": "kfp-local"})
+    capsys.readouterr()
+    assert run(project) != 0
+    captured = capsys.readouterr()
+    assert "failed in the export step" in captured.err
+    assert "re-scored on the same 40 rows" in captured.out + captured.err
+    assert pointer(project) == first
+    assert len(versions(project)) == 2
+    main(["run", "-c", str(project / "prodml.yaml"), "--force-promote"])
+    assert "--force-promote is not supported by the kfp-local runner" in capsys.readouterr().err

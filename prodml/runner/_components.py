@@ -30,6 +30,13 @@ def export(config_json: str, model: Input[Model]) -> str:
     return run_export(config_json, model.path)
 
 
+def export_gated(config_json: str, model: Input[Model], dataset: Input[Dataset]) -> str:
+    """prodml export under a `gate:`: also reads the dataset, to re-score the current latest on it."""
+    from prodml.runner._step import run_export
+
+    return run_export(config_json, model.path, dataset.path)
+
+
 def serve(config_json: str, modelref: str) -> str:
     """prodml serve: deploy the exported version with KServe; returns the Endpoint JSON."""
     from prodml.runner._step import run_serve

@@ -135,12 +135,19 @@ def build_pipeline(config: "ProdmlConfig", config_json: str) -> Any:
             hint="start the stages at fetch (KFP caching can reuse it: runner.enable_caching), "
             "or use stages: [serve] to serve the store's version",
         )
-    components = {
-        stage: dsl.component(
-            getattr(_components, stage), base_image=settings.image, install_kfp_package=False
-        )
+    # under a gate, export also takes the fetched dataset (to re-score the current latest)
+    gated = config.gate is not None
+    functions = {
+        stage: getattr(_components, "export_gated" if stage == "export" and gated else stage)
         for stage in stages
     }
+    components = {
+        stage: dsl.component(functions[stage], base_image=settings.image, install_kfp_package=False)
+        for stage in stages
+    }
+    for stage, component in components.items():
+        # tasks are named after their stage (runners read outputs by stage), whichever function
+        component.component_spec.name = stage
     environment = {stage: step_environment(config, stage) for stage in stages}
 
     @dsl.pipeline(
@@ -149,12 +156,19 @@ def build_pipeline(config: "ProdmlConfig", config_json: str) -> Any:
     )
     def pipeline(config_json: str = config_json) -> None:
         previous: Any = None
+        tasks: dict[str, Any] = {}
         for stage in stages:
             component = components[stage]
             if stage == "fetch":
                 task = component(config_json=config_json)
             elif stage == "train":
                 task = component(config_json=config_json, dataset=previous.outputs["dataset"])
+            elif stage == "export" and gated:
+                task = component(
+                    config_json=config_json,
+                    model=previous.outputs["model"],
+                    dataset=tasks["fetch"].outputs["dataset"],
+                )
             elif stage == "export":
                 task = component(config_json=config_json, model=previous.outputs["model"])
             else:
@@ -169,7 +183,7 @@ def build_pipeline(config: "ProdmlConfig", config_json: str) -> Any:
 
                 keys = {e.secret_key: e.env for e in environment[stage] if e.secret_name == secret_name}
                 kubernetes.use_secret_as_env(task, secret_name=secret_name, secret_key_to_env=keys)
-            previous = task
+            previous = tasks[stage] = task
 
     return pipeline
 

@@ -100,15 +100,24 @@ def run_train(config_json: str, dataset_path: str, model_path: str) -> dict[str,
     }
 
 
-def run_export(config_json: str, model_path: str) -> str:
-    """export the bundle to the store; return the ModelRef as JSON."""
+def run_export(config_json: str, model_path: str, dataset_path: str = "") -> str:
+    """export the bundle to the store; return the ModelRef as JSON.
+
+    ``dataset_path`` (the fetch step's Dataset, given when the config has a ``gate:``) lets
+    the gate re-score the current latest on the new version's evaluation rows.
+    """
     import tempfile
 
     from prodml.runner import stages
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prodml-export-") as out:
-        ref = stages.export(step_config(config_json), Path(model_path), Path(out))
+        ref = stages.export(
+            step_config(config_json),
+            Path(model_path),
+            Path(out),
+            dataset_dir=Path(dataset_path) if dataset_path else None,
+        )
     _report("export", started, ref)
     return ref.model_dump_json()
 
