@@ -132,8 +132,9 @@ def _path(parts: Iterable[Any]) -> str:
 
 
 def _subject(obj: Mapping[str, Any]) -> str:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
-    return f"{obj.get('kind', '?')} {meta.get('name', '?')}"
+    meta = obj.get("metadata")
+    name = meta.get("name", "?") if isinstance(meta, Mapping) else "?"
+    return f"{obj.get('kind', '?')} {name}"
 
 
 def check_custom_resource(obj: Mapping[str, Any]) -> list[Problem]:
@@ -220,14 +221,14 @@ def check_message(value: Any, message: str, subject: str, path: tuple[Any, ...] 
             )
         ]
     # protojson accepts the proto name and the lowerCamelCase JSON name of each field
-    by_name = {}
+    by_name: dict[str, Any] = {}
     for name, spec in fields.items():
         by_name[name] = spec
         by_name[spec[0]] = spec
     problems: list[Problem] = []
     for key, item in value.items():
-        spec = by_name.get(key)
-        if spec is None:
+        found = by_name.get(key)
+        if found is None:
             known = ", ".join(sorted(s[0] for s in fields.values()))
             problems.append(
                 Problem(
@@ -238,7 +239,7 @@ def check_message(value: Any, message: str, subject: str, path: tuple[Any, ...] 
                 )
             )
             continue
-        problems += _check_field(item, spec, subject, (*path, key))
+        problems += _check_field(item, found, subject, (*path, key))
     return problems
 
 

@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
@@ -464,7 +464,7 @@ class Registry:
             found: dict[str, InstalledCommand] = {}
             for impl in self._pm.hook.prodml_commands.get_hookimpls():
                 dist, _ = self._distribution(impl.plugin_name)
-                for command in impl.function() or []:
+                for command in cast(Iterable[Any], impl.function() or []):
                     _check_command(command, impl.plugin_name, dist)
                     previous = found.get(command.name)
                     if previous is not None:

@@ -111,7 +111,7 @@ def generate(registry: Registry | None = None) -> str:
             out.append("")
             for value, variant in getattr(backend.config, "variants", {}).items():
                 # a config split by `mode` (or another key): each variant's own keys
-                key = backend.config.variant_key
+                key = getattr(backend.config, "variant_key", "mode")
                 shared = frozenset(backend.config.model_fields)
                 out += [f"#### `{key}: {value}`", "", inspect.getdoc(variant) or "", ""]
                 out += field_rows(variant, skip=shared)
