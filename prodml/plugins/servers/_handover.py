@@ -13,8 +13,9 @@ old server's accept queue when it closes its socket, so the new process:
 5. once the old process has exited, detaches the program so the kernel spreads
    connections over all of the new sockets again.
 
-The deploying process (:func:`prodml.plugins.servers._local.update`) then stops the old
-server, which finishes the requests it has accepted (uvicorn's graceful shutdown).
+The deploying process (:func:`prodml.plugins.servers._local.update`) then sends the old
+server SIGUSR1 (:class:`DrainGate`: its keep-alive clients are told to reconnect), waits a
+moment, and stops it; it finishes the requests it has accepted (uvicorn's graceful shutdown).
 Only the standard library is used.
 """
 
@@ -24,6 +25,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -92,6 +94,39 @@ def release_when_gone(sock: socket.socket, pid: int, *, poll: float = 0.2) -> th
     thread = threading.Thread(target=watch, name="prodml-handover", daemon=True)
     thread.start()
     return thread
+
+
+class DrainGate:
+    """ASGI wrapper: after SIGUSR1, every response carries ``Connection: close``.
+
+    A handover sends the old server SIGUSR1 once new connections go to the new one, so
+    each keep-alive client ends its connection after its next answer and reconnects (to the
+    new server) instead of meeting the old one's shutdown closing an idle connection under a
+    request it is sending.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.draining = False
+        signal.signal(signal.SIGUSR1, self._drain)
+
+    def _drain(self, _signum: int, _frame: Any) -> None:
+        if not self.draining:
+            self.draining = True
+            log.info("draining: answering with Connection: close until stopped")
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if not self.draining or scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: dict) -> None:
+            if message.get("type") == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
 
 
 def load_first(model: Any) -> None:

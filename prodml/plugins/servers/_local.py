@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,8 +41,8 @@ from prodml.plugins.servers._state import ENTRY_MODULE, log_tail, probe_ready, p
 log = logging.getLogger("prodml.server")
 
 #: seconds the old server keeps running once new connections go to the new one, so that the
-#: connections already in its accept queue are accepted and answered before it stops
-DRAIN_SECONDS = 0.5
+#: connections in its accept queue are answered and its keep-alive clients move before it stops
+DRAIN_SECONDS = 1.0
 
 __all__ = [
     "ENTRY_MODULE",
@@ -140,6 +141,7 @@ def _new_record(config: Any, name: str, ref: ModelRef, bundle: Path, pid: int, p
         "port": port,
         "workers": config.workers,
         "reuse_port": True,
+        "drain_signal": True,  # SIGUSR1 drains it (_handover.DrainGate)
         "log": str(_log_path(config, name)),
         "bundle_dir": str(bundle),
         "project_dir": str(project_dir(config)),
@@ -416,7 +418,10 @@ def _hand_over(
         raise
     finally:
         ready_file.unlink(missing_ok=True)
-    # new connections now reach only the new process; let the old one answer what it has queued
+    # new connections now reach only the new process: the old one answers what it has queued
+    # and tells its keep-alive clients to reconnect (to the new one) before it is stopped
+    if current.get("drain_signal"):
+        _state.signal_server(old_pid, signal.SIGUSR1, foreground=False)
     time.sleep(DRAIN_SECONDS)
     _state.stop_process(old_pid, foreground=False, grace=config.start_timeout)
     with contextlib.suppress(OSError):

@@ -112,6 +112,7 @@ def run_spec(spec: dict[str, Any], *, worker: bool = False) -> None:
         access_log=bool(spec.get("access_log")),
         reuse_port=reuse,
         fast_path=fast_path_enabled(spec),
+        drain_on_signal=bool(spec.get("reuse_port")),
     )
     try:
         model_module.serve(model, options, sock=sock)

@@ -451,6 +451,8 @@ class ServeOptions:
     access_log: bool = False
     reuse_port: bool = False
     fast_path: bool = True
+    #: SIGUSR1 makes every later response close its connection (a handover drains this server)
+    drain_on_signal: bool = False
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -524,6 +526,10 @@ def serve(model: Model, options: ServeOptions, *, sock: socket.socket | None = N
     app.add_exception_handler(RequestValidationError, _validation_handler)
     # the front door answers the model's inference itself and passes the rest to KServe
     rest.config.app = FrontDoor(app, model, max_bytes=options.max_request_bytes, fast=options.fast_path)
+    if options.drain_on_signal:
+        from prodml.plugins.servers._handover import DrainGate
+
+        rest.config.app = DrainGate(rest.config.app)
     if not options.access_log:
         logging.getLogger("uvicorn.access").disabled = True
     # kserve logs every rejected request with a traceback at ERROR; prodml's handlers log them
