@@ -20,13 +20,10 @@ Only the standard library is imported here: ``prodml status`` must answer at onc
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +51,8 @@ def default_root() -> Path:
 
 def server_key(project_dir: Path | str, model: str) -> str:
     """The file name stem of a server's record and log: ``<model>-<10 hex of the folder>``."""
+    import hashlib  # here, not at import: `prodml --help` imports this module (status, stop)
+
     digest = hashlib.sha256(str(Path(project_dir)).encode()).hexdigest()[:10]
     return f"{model}-{digest}"
 
@@ -261,6 +260,9 @@ def process_alive(pid: int, *, entry_point: bool = True) -> bool:
 
 def probe_ready(url: str, name: str, timeout: float = 2.0) -> tuple[bool | None, str]:
     """(ready, reason) from ``/v2/models/<name>/ready``; ready None when nothing answers."""
+    import urllib.error  # here, not at import: urllib.request costs more than `prodml --help`
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{url}/v2/models/{name}/ready", timeout=timeout) as resp:
             return resp.status == 200, ""
