@@ -250,3 +250,21 @@ def test_fast_path_requests_are_counted_in_kserve_metrics(both: dict[str, str]) 
     for _ in range(3):
         assert send(both["fast"], V1, '{"instances": [[1, 2, 3]]}', JSON)[0] == 200
     assert predict_count() == before + 3
+
+
+def test_per_feature_float_inputs_build_the_same_matrix_as_the_general_path() -> None:
+    from prodml.plugins.servers._requests import InputSpec, V2Input, parse_v2
+
+    spec = InputSpec(feature_names=("a", "b", "c"))
+    columns = {"a": [1, 2.5], "b": [-3.0, 4], "c": [0.125, 1e30]}
+    plain = [V2Input(name=n, datatype="FP32", shape=[2], data=v) for n, v in columns.items()]
+    general = [
+        V2Input(name=n, datatype="fp64", shape=[2, 1], data=[[x] for x in v]) for n, v in columns.items()
+    ]
+    a, b = parse_v2(plain, spec).matrix, parse_v2(general, spec).matrix
+    assert a is not None and b is not None
+    assert a.dtype == b.dtype == np.float32 and a.shape == b.shape == (2, 3) and (a == b).all()
+    values = {"a": 1, "b": 10**400, "c": 1}
+    huge = [V2Input(name=n, datatype="FP64", shape=[1], data=[v]) for n, v in values.items()]
+    with pytest.raises(RequestRejected, match="too large"):
+        parse_v2(huge, spec)

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -320,7 +320,7 @@ def _v2_answer(model: Any, request: V2Request, result: np.ndarray) -> tuple[byte
         + b',"model_version":'
         + orjson.dumps(model.version)
         + b',"id":'
-        + orjson.dumps(request.id or uuid.uuid4().hex)
+        + orjson.dumps(request.id or os.urandom(16).hex())  # KServe's path: uuid4().hex, same form
         + b',"parameters":null,"outputs":[{"name":'
         + orjson.dumps(name)
         + b',"shape":'
