@@ -108,7 +108,8 @@ class DrainGate:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.draining = False
-        signal.signal(signal.SIGUSR1, self._drain)
+        if threading.current_thread() is threading.main_thread():  # only there can it be caught
+            signal.signal(signal.SIGUSR1, self._drain)
 
     def _drain(self, _signum: int, _frame: Any) -> None:
         if not self.draining:
