@@ -156,6 +156,17 @@ def _metadata(store: ModelStore, ref: ModelRef, folder: Path) -> tuple[Path, Bun
     return bundle, BundleMetadata.read(bundle)
 
 
+def read_metadata(store: ModelStore, ref: ModelRef) -> BundleMetadata:
+    """prodml.json of a stored version, verified (without downloading the model files)."""
+    from prodml.core.bundle import METADATA
+
+    data = store.read_file(ref, METADATA)
+    try:
+        return BundleMetadata.model_validate_json(data)
+    except ValueError as exc:
+        raise StoreError(f"{METADATA} of {ref.model_name} {ref.version} is not valid: {exc}") from None
+
+
 def _follow(
     config: ProdmlConfig,
     store: ModelStore,
@@ -320,8 +331,7 @@ def show(config: ProdmlConfig, version: str, *, registry: Registry | None = None
     ref = find_version(store, config.model_name, version)
     listed, current = _current(store, config.model_name)
     entry = next(v for v in listed if v.version == ref.version)
-    with tempfile.TemporaryDirectory(prefix="prodml-show-") as tmp:
-        _, meta = _metadata(store, ref, Path(tmp))
+    meta = read_metadata(store, ref)
     moves = [
         m.model_dump(mode="json")
         for m in store.latest_history(config.model_name)
@@ -470,7 +480,7 @@ def gate_decision(
             why = "there is no latest version yet" if champion is None else "it already is latest"
             return _replace(base, reason=f"{name} passes: {why}")
         champ_ref = store.resolve(candidate_ref.model_name, champion)
-        champ_dir, champ_meta = _metadata(store, champ_ref, folder / "champion")
+        champ_meta = read_metadata(store, champ_ref)
         same_rows = (
             champ_meta.evaluation is not None
             and champ_meta.evaluation.fingerprint == cand_meta.evaluation.fingerprint
@@ -487,6 +497,7 @@ def gate_decision(
                     reason=f"the current latest {champion} was evaluated on other rows and this step has "
                     "no fetched data to re-score it on, so the gate cannot compare them",
                 )
+            champ_dir = store.pull(champ_ref, folder / "champion" / champion)
             champ_value, cand_value = _rescore(
                 config, registry, rows, candidate_dir, champ_dir, cand_meta, measured, cand_value
             )

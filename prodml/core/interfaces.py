@@ -434,6 +434,24 @@ class ModelStore(Preflight, abc.ABC):
         """Every recorded move of ``model_name``'s ``latest``, oldest first."""
         raise NotImplementedError(f"{type(self).__name__} does not support latest_history")
 
+    def read_file(self, ref: ModelRef, name: str) -> bytes:
+        """One file of a stored version (``prodml.json``), checked against its manifest.
+
+        The default pulls the whole version (which verifies every file); stores that can
+        read one object override it, so showing a version's metadata does not download its
+        model files.
+        """
+        import tempfile
+
+        from prodml.core.bundle import read_manifest
+        from prodml.core.errors import BundleError
+
+        with tempfile.TemporaryDirectory(prefix="prodml-read-") as tmp:
+            folder = Path(self.pull(ref, Path(tmp) / "bundle"))
+            if name not in read_manifest(folder):
+                raise BundleError(f"{ref.model_name} {ref.version} has no file {name!r}")
+            return (folder / name).read_bytes()
+
 
 class ModelServer(Preflight, abc.ABC):
     """Puts a stored model version behind an HTTP endpoint."""

@@ -487,3 +487,15 @@ class ModelStoreConformance(BackendConformance):
 
     def test_a_model_without_moves_has_an_empty_history(self, store) -> None:
         assert store.latest_history("never-pushed") == []
+
+    # -- one file of a version -----------------------------------------------------------------
+
+    def test_read_file_returns_one_verified_file(self, store, bundles, raw) -> None:
+        bundle = bundles()
+        ref = store.push(bundle, MODEL)
+        assert store.read_file(ref, "prodml.json") == (bundle / "prodml.json").read_bytes()
+        with pytest.raises(BundleError):
+            store.read_file(ref, "not-in-the-bundle.txt")
+        raw.write(ref, "prodml.json", b'{"name": "forged"}')
+        with pytest.raises(BundleError):
+            store.read_file(ref, "prodml.json")

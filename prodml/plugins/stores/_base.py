@@ -879,6 +879,35 @@ class ObjectStore(ModelStore):
                     moves[state.seq] = state.move  # its mover died before writing the record
         return [moves[seq] for seq in sorted(moves)]
 
+    def read_file(self, ref: ModelRef, name: str) -> bytes:
+        """One file of a stored version: its manifest must match ``ref.digest``, the file its manifest."""
+        vkey = self.version_key(ref.model_name, ref.version)
+        with self._translate(f"read {name} of {ref.model_name} from"):
+            manifest = self._read(join_key(vkey, MANIFEST))
+            if manifest is None:
+                raise StoreError(
+                    f"version {ref.version} of model {ref.model_name!r} is not in {self.describe()} "
+                    "(missing or incomplete)",
+                    hint="`prodml models -c FILE` lists the stored versions",
+                )
+            if ref.digest and hashlib.sha256(manifest).hexdigest() != ref.digest:
+                raise BundleError(
+                    f"the manifest of {ref.model_name} {ref.version} in {self.describe()} changed after "
+                    "it was published (digest mismatch); refusing it",
+                    hint="the stored version was modified; push the model again",
+                )
+            entries = parse_manifest(manifest.decode("utf-8"), source=self._location(vkey))
+            if name not in entries:
+                raise BundleError(f"{ref.model_name} {ref.version} has no file {name!r}")
+            data = self._read(join_key(vkey, name))
+        if data is None or hashlib.sha256(data).hexdigest() != entries[name]:
+            raise BundleError(
+                f"{name} of {ref.model_name} {ref.version} in {self.describe()} does not match its "
+                f"{MANIFEST}; refusing it",
+                hint="the stored version was modified; push the model again",
+            )
+        return data
+
     def pull(self, ref: ModelRef, dest: Path) -> Path:
         """Download ``ref`` into the folder ``dest`` (created), verified against its manifest.
 
