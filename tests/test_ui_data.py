@@ -312,3 +312,16 @@ def test_promote_rollback_and_history_through_the_lifecycle_code(stored) -> None
     assert project.latest_version() == second
     assert project.history()[0].reason == "rollback"
     assert [v.version for v in project.versions().items if v.latest] == [second]
+
+
+def test_outputs_kept_outside_the_run_folder_are_found(tmp_path: Path) -> None:
+    # a kfp-local run keeps each output in its pipeline's artifact folder and records where
+    config = load_config(write_config(tmp_path, {"type": "local", "root": "models"}))
+    run = RunFolder.create(tmp_path / ".prodml", runner="kfp-local", project="uidata", stages=("fetch",))
+    artifact = run.root / "kfp" / "fetch" / "dataset"
+    artifact.mkdir(parents=True)
+    (artifact / "schema.json").write_text(json.dumps({"feature_names": FEATURES, "label": "y", "rows": 9}))
+    run.mark("fetch", "ok", seconds=1.0, output=str(artifact))
+    project = Project(config)
+    (fetch,) = project.outputs(project.run(run.run_id))
+    assert fetch.path == str(artifact) and fetch.summary == "9 rows × 3 features, label 'y'"

@@ -248,15 +248,17 @@ class Project:
         return bool(run.config_digest) and run.config_digest == self.config.digest()
 
     def outputs(self, run: RunView) -> list[OutputView]:
-        """What each stage of ``run`` left in its folder."""
+        """What each stage of ``run`` left (in its folder, or where the run recorded it)."""
         from prodml.runner._runs import RunFolder
 
-        folder = RunFolder(Path(run.root), {})
+        root, record = self._run_record(run.run_id)
+        folder = RunFolder(root, record)
         views = []
         for stage in run.stages:
             if stage.name not in ("fetch", "train", "export", "serve"):
                 continue
-            path = folder.output_of(stage.name)
+            # a kfp-local run keeps outputs in its pipeline's artifact folders; run.json says where
+            path = folder.produced(stage.name)
             views.append(self._output(stage.name, path))
         return views
 
