@@ -138,3 +138,50 @@ def test_validate_offline_imports_no_heavy_sdk() -> None:
     # the pre-flight reads files and binds a port; it imports no SDK for that
     assert heavy_modules_after(["validate", "--offline", "-c", "config/feast.yaml"]) == []
     assert heavy_modules_after(["validate", "--offline", "-c", "config/azure.yaml"]) == []
+
+
+HELD = (
+    "import sys\n"
+    "from prodml.core.logs import configure_console, hold_output\n"
+    "import logging, warnings\n"
+    "configure_console(int(sys.argv[1]))\n"
+    "logging.getLogger('prodml.x').warning('ours')\n"
+    "logging.getLogger('kfp.local').warning('theirs')\n"
+    "warnings.warn('a library deprecation', DeprecationWarning, stacklevel=1)\n"
+    "with hold_output('the step'):\n"
+    "    print('\\x1b[1mstep noise\\x1b[0m')\n"
+    "    if sys.argv[2] == 'fail':\n"
+    "        raise SystemExit(3)\n"
+    "print('our line')\n"
+)
+
+
+@pytest.mark.parametrize("verbosity", [0, 1])
+def test_a_normal_run_shows_our_lines_and_v_shows_the_rest(verbosity: int) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", HELD, str(verbosity), "ok"], capture_output=True, text=True, cwd=REPO
+    )
+    assert out.returncode == 0, out.stderr
+    if verbosity == 0:
+        assert out.stdout == "our line\n"
+        assert out.stderr == "WARNING prodml.x: ours\n"
+    else:
+        assert "step noise" in out.stdout and "our line" in out.stdout
+        assert "WARNING kfp.local: theirs" in out.stderr and "a library deprecation" in out.stderr
+
+
+def test_held_output_is_shown_when_the_block_fails() -> None:
+    out = subprocess.run([sys.executable, "-c", HELD, "0", "fail"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 3
+    assert out.stdout == ""
+    assert "--- output of the step (shown because it failed) ---\nstep noise" in out.stderr
+    assert "\x1b[" not in out.stderr  # colour codes removed
+
+
+def test_packaging_metadata_is_current() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    # an SPDX string, not the table setuptools warns about three times per install
+    assert project["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in project["build-system"]["requires"][0]

@@ -107,3 +107,11 @@ def test_a_taken_port_is_named(tmp_path: Path) -> None:
         )
     assert done.returncode == 1
     assert done.stderr == f"error: port {port} on 127.0.0.1 is in use; stop what uses it, or pass --port\n"
+
+
+def test_first_install_says_what_it_installs_and_how_long() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("$(STAMP): pyproject.toml\n", 1)[1].split("\n\n", 1)[0]
+    first, pip = recipe.index("@echo"), recipe.index("pip install --quiet -e")
+    assert first < pip, "the message comes before the silent install"
+    assert "minutes" in recipe[first:pip] and "TensorFlow" in recipe[first:pip]

@@ -79,6 +79,11 @@ def run_case(tmp_path: Path, request: pytest.FixtureRequest, source: str, store:
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
+    # a normal run shows prodml's lines only: no SDK warnings or C++ log on stderr, no
+    # kfp.local step logs (executor_input), no Feast progress with colour codes
+    assert done.stderr == "", done.stderr
+    assert "executor_input" not in output and "\x1b[" not in output and "Materializing" not in output
+    assert len(done.stdout.splitlines()) <= 20, done.stdout
     for secret in ("E2E_S3_SECRET", "E2E_AZURE_CONN"):
         if secret in env:
             assert env[secret] not in output
@@ -120,7 +125,10 @@ def run_case(tmp_path: Path, request: pytest.FixtureRequest, source: str, store:
         assert stop.returncode == 0, stop.stderr
     # nothing the server process wrote (its log, state file, cached bundle) holds a credential
     served = [p for p in (tmp_path / "serving").rglob("*") if p.is_file()]
-    assert any(p.suffix == ".log" for p in served), served
+    logs = [p for p in served if p.suffix == ".log"]
+    assert logs, served
+    for log in logs:  # the server log of a normal run: no deprecation warnings from the SDKs
+        assert "Warning:" not in log.read_text(errors="replace"), log.read_text(errors="replace")[-3000:]
     for secret in ("E2E_S3_SECRET", "E2E_AZURE_CONN"):
         if secret in env:
             assert not _files_containing(tmp_path / "serving", env[secret])
