@@ -200,3 +200,14 @@ def test_demo_output_and_the_served_commands_are_as_documented(tmp_path: Path) -
 
         loaded = load_config(path)
         default_registry().create("server", loaded.server).undeploy("quickstart")
+
+
+@pytest.mark.parametrize("name", ["local", "feast", "minio", "azure"])
+def test_shipped_configs_keep_runs_beside_the_models(name: str) -> None:
+    from prodml.core.config import load_config
+
+    config = load_config(REPO / "config" / f"{name}.yaml")
+    # every quickstart config runs in the repository's .prodml/, as the docs say
+    assert Path(config.runner.work_dir) == REPO / ".prodml"
+    if config.store.type == "local":
+        assert Path(config.store.root) == REPO / ".prodml" / "models"

@@ -263,3 +263,13 @@ def test_validate_offline_skips_the_network(tmp_path: Path) -> None:
     )
     online = prodml("validate", "-c", str(path))
     assert online.returncode == 2 and "the server does not answer" in online.stderr
+
+
+def test_run_with_the_port_taken_stops_before_fetch(tmp_path: Path, taken_port: int) -> None:
+    path = write_config(
+        tmp_path, server=f"{{type: kserve, port: {taken_port}, state_dir: {tmp_path / 'state'}}}"
+    )
+    out = prodml("run", "-c", str(path))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stdout == "" and f"cannot listen on 127.0.0.1:{taken_port}" in out.stderr
+    assert not (tmp_path / "work").exists()  # no run folder: no stage started
