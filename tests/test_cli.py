@@ -185,3 +185,16 @@ def test_packaging_metadata_is_current() -> None:
     # an SPDX string, not the table setuptools warns about three times per install
     assert project["project"]["license"] == "Apache-2.0"
     assert "setuptools>=77" in project["build-system"]["requires"][0]
+
+
+def test_a_warning_after_an_sdk_resets_the_filters_stays_off_the_console() -> None:
+    code = (
+        "import warnings\n"
+        "from prodml.core.logs import configure_console\n"
+        "configure_console(0)\n"
+        "warnings.resetwarnings()\n"  # what an SDK may do on import
+        "warnings.simplefilter('default')\n"
+        "warnings.warn('late library deprecation', DeprecationWarning, stacklevel=1)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and out.stderr == ""

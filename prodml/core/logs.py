@@ -104,8 +104,9 @@ def configure_console(verbosity: int) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
         warnings.simplefilter("ignore")
-    else:
-        logging.captureWarnings(True)  # warnings become log records, shown with the rest
+    # warnings become log records (py.warnings): shown with -v, held back by the filter
+    # otherwise - also when an SDK resets the warning filters on import (Feast/Keras do)
+    logging.captureWarnings(True)
     root.addHandler(handler)
     root.setLevel(level)
     install_redaction()
