@@ -11,13 +11,9 @@ needs it (and network checks run only when not ``offline``).
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import os
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -182,21 +178,3 @@ def port_taken(host: str, port: int) -> str | None:
                 return "in use"
             return exc.strerror or str(exc)
     return None
-
-
-def kserve_models_at(url: str, timeout: float = 1.0) -> list[str] | None:
-    """The models a KServe model server at ``url`` lists (None when it is not one)."""
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/v1/models", timeout=timeout) as resp:
-            answer = json.loads(resp.read() or b"{}")
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    models = answer.get("models") if isinstance(answer, dict) else None
-    return [str(m) for m in models] if isinstance(models, list) else None
-
-
-def tcp_answers(host: str, port: int, timeout: float = 2.0) -> bool:
-    """True when something accepts TCP connections at ``host:port``."""
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
-        return True
-    return False
