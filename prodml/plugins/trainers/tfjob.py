@@ -298,14 +298,11 @@ def wait(api: Any, namespace: str, name: str, *, timeout: float, poll: float = P
 
 def find_version(store: ModelStore, model_name: str, job: str) -> Any:
     """The version the chief of ``job`` pushed (its prodml.json names the job)."""
-    import tempfile
-
-    from prodml.core.bundle import BundleMetadata
+    from prodml.core.bundle import METADATA, BundleMetadata
 
     for version in sorted(store.versions(model_name), key=lambda v: v.version, reverse=True)[:20]:
         ref = store.resolve(model_name, version.version)
-        with tempfile.TemporaryDirectory(prefix="prodml-tfjob-") as tmp:
-            meta = BundleMetadata.read(store.pull(ref, Path(tmp) / "bundle"))
+        meta = BundleMetadata.model_validate_json(store.read_file(ref, METADATA))
         if (meta.extra.get("distributed") or {}).get("job") == job:
             return ref
     raise TrainingError(
