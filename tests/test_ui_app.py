@@ -57,7 +57,7 @@ def client(tmp_path, monkeypatch, clock):  # noqa: F811
 def test_pages_show_runs_versions_and_latest(client) -> None:
     first, second = client.versions
     ok_id, failed_id = client.run_ids
-    for path in ("/", "/runs", "/models", "/endpoints", f"/runs/{ok_id}", f"/models/{first}"):
+    for path in ("/", "/runs", "/models", "/history", "/endpoints", f"/runs/{ok_id}", f"/models/{first}"):
         response = client.get(path)
         assert response.status_code == 200, path
         assert response.headers["x-frame-options"] == "DENY"
@@ -70,6 +70,8 @@ def test_pages_show_runs_versions_and_latest(client) -> None:
     assert version.count('class="point train"') == 3 and version.count('class="point validation"') == 3
     failed = client.get(f"/runs/{failed_id}").text
     assert "prodml run -c " in failed and "--from fetch" in failed
+    history = client.get("/history").text
+    assert history.count("<td>export</td>") == 2 and f"/models/{second}" in history
     compare = client.get(f"/compare?a={first}&b={second}").text
     assert "differs" in compare and first in compare and second in compare
 

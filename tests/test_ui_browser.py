@@ -235,6 +235,7 @@ def test_every_page_opens_and_shows_no_secret(project, page, shots) -> None:
         "models": "/models",
         "version": f"/models/{second}",
         "compare": f"/compare?a={first}&b={second}",
+        "history": "/history",
         "endpoints": "/endpoints",
     }
     for name, path in pages.items():
@@ -339,6 +340,7 @@ def test_promote_and_rollback_from_the_page_move_latest(project, page) -> None:
     page.locator("#confirm").click()
     page.wait_for_selector("p.notice")
     assert cli_latest(project["config"]) == second
+    page.goto(project["url"] + "/history")
     history = page.locator("table.history tbody tr")
     assert history.count() >= 2
     assert "rollback" in history.nth(0).inner_text()

@@ -204,17 +204,20 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
 
     def models(request: Request) -> Response:
         if not project.has_store:
-            return render(
-                request, "models.html", page=None, history=None, message=request.query_params.get("msg")
-            )
+            return render(request, "models.html", page=None, message=request.query_params.get("msg"))
         try:
             page = project.versions(_page_number(request))
-            history = project.history()
         except ProdmlError as exc:
             return problem(request, exc)
-        return render(
-            request, "models.html", page=page, history=history, message=request.query_params.get("msg")
-        )
+        return render(request, "models.html", page=page, message=request.query_params.get("msg"))
+
+    def history(request: Request) -> Response:
+        # its own page: a store keeps one record per move, so reading them all costs a request each
+        try:
+            moves = project.history() if project.has_store else None
+        except ProdmlError as exc:
+            return problem(request, exc)
+        return render(request, "history.html", history=moves)
 
     def version(request: Request) -> Response:
         view = project.version(request.path_params["version"])
@@ -384,6 +387,7 @@ def create_app(project: Project, *, token: str | None = None, host: str = "127.0
         Route("/models/rollback", rollback, methods=["POST"]),
         Route("/models/{version}", version),
         Route("/compare", compare),
+        Route("/history", history),
         Route("/endpoints", endpoints),
         Route("/endpoints/{name}/try", try_it, methods=["POST"]),
         Route("/features", features),

@@ -6,14 +6,11 @@ A version's ``prodml.json`` is read from the store and checked against the versi
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from prodml.core.bundle import MANIFEST, BundleMetadata, parse_manifest
-from prodml.core.errors import BundleError, StoreError
+from prodml.core.bundle import BundleMetadata
 from prodml.ui.runs import parse_time
 
 
@@ -81,33 +78,14 @@ def epoch_history(metadata: BundleMetadata) -> dict[str, list[float]]:
 def read_version_file(store: Any, model_name: str, version: str, name: str) -> bytes:
     """One file of a stored version, checked against the version's manifest.
 
-    Stores built on prodml's object layout read the two objects directly (the dashboard
-    needs prodml.json of 25 versions per page, not 25 whole bundles); any other store is
-    asked for the whole version through ``pull``, which verifies everything.
+    ``ModelStore.read_file`` reads just that object where the store can (the dashboard needs
+    prodml.json of 25 versions per page, not 25 whole bundles); its default pulls the version.
+
+    Raises:
+        BundleError: the file does not match the manifest (the version was tampered with).
+        StoreError: the version is missing or the store cannot be read.
     """
-    reader = getattr(store, "_read", None)
-    keyer = getattr(store, "version_key", None)
-    if reader is None or keyer is None:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="prodml-ui-") as tmp:
-            ref = store.resolve(model_name, version)
-            folder = store.pull(ref, Path(tmp) / "bundle")  # pull verifies every file
-            return (Path(folder) / name).read_bytes()
-    from prodml.plugins.stores._base import join_key
-
-    vkey = keyer(model_name, version)
-    manifest = reader(join_key(vkey, MANIFEST))
-    if manifest is None:
-        raise StoreError(f"version {version} of {model_name!r} is missing or incomplete")
-    entries = parse_manifest(manifest.decode("utf-8"), source=f"{model_name} {version}/{MANIFEST}")
-    data = reader(join_key(vkey, name))
-    if data is None or name not in entries or hashlib.sha256(data).hexdigest() != entries[name]:
-        raise BundleError(
-            f"{name} of {model_name} {version} does not match the version's {MANIFEST}; refusing it",
-            hint="the stored version was modified; push the model again",
-        )
-    return data
+    return store.read_file(store.resolve(model_name, version), name)
 
 
 def move_view(move: Any) -> MoveView:
