@@ -304,9 +304,19 @@ def test_two_projects_with_one_name_run_side_by_side_and_stop_separately(
         # the same port as the running server of project a: refused, naming project a's folder
         config_b.write_text(config_b.read_text().replace("port: 0", f"port: {server_a.port}"))
         clash = cli("run", "-c", str(config_b), "--keep-serving", check=False)
-        assert clash.returncode == 1, clash.stdout + clash.stderr
-        assert f"port {server_a.port} is taken by the model server of 'demo'" in clash.stderr
-        assert str(config_a.parent.resolve()) in clash.stderr
+        # refused before anything runs (the pre-flight, exit 2) or by the deploy itself (exit 1)
+        assert clash.returncode in (1, 2), clash.stdout + clash.stderr
+        assert f":{server_a.port}" in clash.stderr or f"port {server_a.port}" in clash.stderr
+        assert "taken by the model server of 'demo'" in clash.stderr
+        assert str(config_a.parent.resolve()) in clash.stderr and str(server_a.pid) in clash.stderr
+        # deploy refuses it too, for callers that skip the pre-flight (the API, promote)
+        from prodml.core.config import load_config
+        from prodml.plugins.servers import _local
+
+        with pytest.raises(
+            ServingError, match=f"port {server_a.port} is taken by the model server of 'demo'"
+        ):
+            _local.check_port(load_config(config_b).server, "demo", server_a.port)
         assert _state.process_alive(server_a.pid)  # untouched
 
         config_b.write_text(config_b.read_text().replace(f"port: {server_a.port}", "port: 0"))
