@@ -207,6 +207,7 @@ def main() -> None:
             "models, page 8 of 8": "/models?page=8",
             "version page (2 curves x 20 epochs)": f"/models/{versions[len(versions) // 2]}",
             "compare two versions": f"/compare?a={versions[0]}&b={versions[-1]}",
+            f"history of latest ({len(versions)} moves)": "/history",
         }
         fetch(base + "/models?page=8")  # its versions' metadata cached, as after one visit
         times: dict[str, list[float]] = {name: [] for name in pages}
