@@ -1,9 +1,9 @@
 """A third-party store on a cluster gets what the built-in s3 store gets (issue 15, cluster side).
 
-tests/plugin_pkg's ``hellostore`` (installed for real with pip) says through the store
-capabilities which Secret keys its pods need and how KServe reads it; nothing in prodml
-knows its type. The compiled pipeline and the manifests must have the same shape as the
-built-in s3 store's.
+tests/plugin_pkg's ``hellostore`` and examples/plugin's ``sharedfolder`` (installed for real
+with pip) say through the store capabilities which Secret keys their pods need and how KServe
+reads them; nothing in prodml knows their types. The compiled pipeline and the manifests must
+have the same shape as the built-in s3 store's.
 """
 
 from __future__ import annotations
@@ -26,24 +26,44 @@ SECRET = "gateway-creds"
 pytestmark = pytest.mark.kfp
 
 
+#: each plugin store: its config section, and {Secret key: pod variable} of its pod environment
+PLUGIN_STORES: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
+    "hellostore": (
+        {"type": "hellostore", "root": "gateway", "bucket": "models",
+         "endpoint_url": "http://gateway.storage.svc:8333"},
+        {"access-key": "HELLO_ACCESS_KEY", "secret-key": "HELLO_SECRET_KEY"},
+    ),
+    "sharedfolder": (
+        {"type": "sharedfolder", "root": "shared", "bucket": "models",
+         "endpoint_url": "http://gateway.storage.svc:8333"},
+        {"access-key-id": "SHARED_FOLDER_ACCESS_KEY_ID",
+         "secret-access-key": "SHARED_FOLDER_SECRET_ACCESS_KEY"},
+    ),
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def hello_site(pip_site) -> Path:
-    return pip_site(HERE / "plugin_pkg")
+def plugin_sites(pip_site) -> list[Path]:
+    return [pip_site(HERE / "plugin_pkg"), pip_site(HERE.parent / "examples" / "plugin")]
 
 
 @pytest.fixture
-def prodml(hello_site: Path, monkeypatch: pytest.MonkeyPatch):
-    """``prodml ARGS`` run in this process with prodml-hello installed (its entry points found)."""
+def prodml(plugin_sites: list[Path], monkeypatch: pytest.MonkeyPatch):
+    """``prodml ARGS`` run in this process with both plugins installed (their entry points found)."""
     import contextlib
     import io
 
     from prodml.cli import main
     from prodml.core.plugins import reset_default_registry
 
-    monkeypatch.syspath_prepend(str(hello_site))
+    for site in plugin_sites:
+        monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HELLO_ACCESS_KEY", "HELLO_SECRET_KEY"):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
+    for _, env in PLUGIN_STORES.values():
+        for name in env.values():
+            monkeypatch.delenv(name, raising=False)
 
     def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         monkeypatch.chdir(cwd)
@@ -90,65 +110,66 @@ def shape(value: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def both(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("stores")
-    return {
-        "hellostore": write_config(
-            root / "hello",
-            {"type": "hellostore", "root": "gateway", "bucket": "models",
-             "endpoint_url": "http://gateway.storage.svc:8333"},
-        ),
-        "s3": write_config(
-            root / "s3",
-            {"type": "s3", "bucket": "models", "endpoint_url": "http://gateway.storage.svc:8333",
-             "access_key_id": "AKIAEXAMPLE", "secret_access_key": "s3cr3t-never-compiled"},
-        ),
-    }  # fmt: skip
+    found = {name: write_config(root / name, store) for name, (store, _) in PLUGIN_STORES.items()}
+    found["s3"] = write_config(
+        root / "s3",
+        {"type": "s3", "bucket": "models", "endpoint_url": "http://gateway.storage.svc:8333",
+         "access_key_id": "AKIAEXAMPLE", "secret_access_key": "s3cr3t-never-compiled"},
+    )  # fmt: skip
+    return found
 
 
+@pytest.mark.parametrize("plugin", sorted(PLUGIN_STORES))
 def test_compile_puts_the_plugin_stores_environment_in_the_steps_that_use_it(
-    both: dict[str, Path], prodml: Any
+    configs: dict[str, Path], prodml: Any, plugin: str
 ) -> None:
     platforms = {}
-    for name, config in both.items():
+    for name in (plugin, "s3"):
+        config = configs[name]
         out = config.parent / "pipeline.yaml"
         done = prodml(["compile", "-c", str(config), "-o", str(out)], config.parent)
         assert done.returncode == 0, done.stderr
         docs = list(yaml.safe_load_all(out.read_text(encoding="utf-8")))
         assert "s3cr3t-never-compiled" not in out.read_text(encoding="utf-8")
         platforms[name] = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    hello = platforms["hellostore"]
-    assert set(hello) == {"exec-export", "exec-serve"}  # fetch and train do not use the store
-    for executor in hello.values():
+    executors = platforms[plugin]
+    assert set(executors) == {"exec-export", "exec-serve"}  # fetch and train do not use the store
+    for executor in executors.values():
         (secret,) = executor["secretAsEnv"]
         assert secret["secretName"] == SECRET
-        assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == {
-            ("access-key", "HELLO_ACCESS_KEY"),
-            ("secret-key", "HELLO_SECRET_KEY"),
-        }
-    assert shape(hello) == shape(platforms["s3"])
+        assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == set(
+            PLUGIN_STORES[plugin][1].items()
+        )
+    assert shape(executors) == shape(platforms["s3"])
 
 
-def test_manifests_use_the_plugin_stores_kserve_storage(both: dict[str, Path], prodml: Any) -> None:
+@pytest.mark.parametrize("plugin", sorted(PLUGIN_STORES))
+def test_manifests_use_the_plugin_stores_kserve_storage(
+    configs: dict[str, Path], prodml: Any, plugin: str
+) -> None:
     rendered = {}
-    for name, config in both.items():
+    for name in (plugin, "s3"):
+        config = configs[name]
         done = prodml(["k8s", "manifests", "-c", str(config), "--offline", "--check"], config.parent)
         assert done.returncode == 0, done.stderr
         assert "accepted" in done.stderr
         rendered[name] = list(yaml.safe_load_all(done.stdout))
-    secret, account, isvc = rendered["hellostore"]
+    secret, account, isvc = rendered[plugin]
+    access, secret_key = PLUGIN_STORES[plugin][1].values()
     assert secret["stringData"] == {
-        "AWS_ACCESS_KEY_ID": "${HELLO_ACCESS_KEY}",
-        "AWS_SECRET_ACCESS_KEY": "${HELLO_SECRET_KEY}",
+        "AWS_ACCESS_KEY_ID": f"${{{access}}}",
+        "AWS_SECRET_ACCESS_KEY": f"${{{secret_key}}}",
     }
     assert secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == "gateway.storage.svc:8333"
     assert account["secrets"] == [{"name": "houses-storage"}]
     env = isvc["spec"]["predictor"]["containers"][0]["env"]
     assert env == [{"name": "STORAGE_URI", "value": "s3://models/houses/versions/VERSION"}]
-    assert shape(rendered["hellostore"]) == shape(rendered["s3"])
+    assert shape(rendered[plugin]) == shape(rendered["s3"])
     # the same objects but for the environment variables the placeholders name
     s3_secret = rendered["s3"][0]
-    assert secret["metadata"] == s3_secret["metadata"] and rendered["hellostore"][1:] == rendered["s3"][1:]
+    assert secret["metadata"] == s3_secret["metadata"] and rendered[plugin][1:] == rendered["s3"][1:]
 
 
 class BareStore(ModelStore):

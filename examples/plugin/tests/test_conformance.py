@@ -8,6 +8,7 @@ import pytest
 
 from prodml.plugin import DataError
 from prodml.testing.sources import DataSourceConformance
+from prodml.testing.stores import ModelStoreConformance, RawAccess
 
 
 def write_parquet(path: Path, rows: int = 50) -> Path:
@@ -57,3 +58,69 @@ def test_missing_label_is_named(tmp_path: Path) -> None:
     source = ParquetSource(ParquetSourceConfig(type="parquet", path=tmp_path / "t.parquet", label="price"))
     with pytest.raises(DataError, match="label column 'price' not found"):
         source.training_frame()
+
+
+class FolderRawAccess(RawAccess):
+    """Writes and deletes files of a stored version behind the store's back."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, ref, relpath: str) -> Path:
+        return self.root / ref.model_name / "versions" / ref.version / relpath
+
+    def write(self, ref, relpath: str, data: bytes) -> None:
+        path = self._path(ref, relpath)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def delete(self, ref, relpath: str) -> None:
+        self._path(ref, relpath).unlink(missing_ok=True)
+
+
+class TestSharedFolderStore(ModelStoreConformance):
+    uri_scheme = "s3://models/team-a/"
+
+    @pytest.fixture
+    def backend_config(self) -> dict:
+        return {
+            "type": "sharedfolder",
+            "root": "shared",
+            "bucket": "models",
+            "prefix": "team-a",
+            "endpoint_url": "http://gateway.storage.svc:8333",
+        }
+
+    @pytest.fixture
+    def raw(self, tmp_path: Path) -> RawAccess:
+        return FolderRawAccess(tmp_path / "shared")
+
+
+def test_shared_folder_store_on_a_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pods get the key pair from a Secret; KServe reads the version through the gateway."""
+    from prodml_parquet.store import SharedFolderConfig, SharedFolderStore
+
+    from prodml.plugin import ModelRef
+
+    config = SharedFolderConfig(
+        type="sharedfolder", root=tmp_path, bucket="models", endpoint_url="https://gw.example:8333"
+    )
+    store = SharedFolderStore(config)
+    assert [(e.env, e.secret_name, e.secret_key) for e in store.pod_environment("creds")] == [
+        ("SHARED_FOLDER_ACCESS_KEY_ID", "creds", "access-key-id"),
+        ("SHARED_FOLDER_SECRET_ACCESS_KEY", "creds", "secret-access-key"),
+    ]
+    assert store.reachable_from_cluster()
+    local = SharedFolderStore(config.model_copy(update={"endpoint_url": "http://127.0.0.1:8333"}))
+    assert not local.reachable_from_cluster()
+    ref = ModelRef(model_name="m", version="20261129T173000Z-0123abcd", store_type="sharedfolder", uri="")
+    monkeypatch.setenv("SHARED_FOLDER_ACCESS_KEY_ID", "AKIA")
+    monkeypatch.delenv("SHARED_FOLDER_SECRET_ACCESS_KEY", raising=False)
+    storage = store.kserve_storage(ref, with_values=True)
+    assert storage.storage_uri == "s3://models/m/versions/20261129T173000Z-0123abcd"
+    assert storage.secret_annotations["serving.kserve.io/s3-endpoint"] == "gw.example:8333"
+    assert storage.secret_annotations["serving.kserve.io/s3-usehttps"] == "1"
+    assert {k: v.get_secret_value() for k, v in storage.secret_values.items()} == {
+        "AWS_ACCESS_KEY_ID": "AKIA"
+    }
+    assert store.kserve_storage(ref).secret_values is None
