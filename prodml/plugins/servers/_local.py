@@ -353,6 +353,13 @@ def _start(config: Any, ref: ModelRef, bundle: Path, source: DataSource | None, 
         check_port(config, name, port)
     spec, _ = serving_spec(config, ref, bundle, name, source, port)
     spec["reuse_port"] = True
+    loaded_file = None
+    if config.workers > 1:
+        # readiness answers from whichever worker the kernel picks: each reports its own load
+        loaded_file = _record_path(config, name).with_suffix(f".loaded-{os.getpid()}")
+        loaded_file.parent.mkdir(parents=True, exist_ok=True)
+        loaded_file.unlink(missing_ok=True)
+        spec["loaded_file"] = str(loaded_file)
     log_file = _log_path(config, name)
     proc = _start_process(config, spec, log_file)
     state = _new_record(config, name, ref, bundle, proc.pid, port)
@@ -367,6 +374,8 @@ def _start(config: Any, ref: ModelRef, bundle: Path, source: DataSource | None, 
     )
     try:
         _wait_ready(config, name, state["url"], proc, log_file)
+        if loaded_file is not None:
+            _wait_all_loaded(config, name, proc, loaded_file, log_file)
     except BaseException as exc:  # failed, timed out or interrupted: leave nothing running
         _discard(proc)
         _remove_state(config, name, proc.pid)
@@ -375,7 +384,33 @@ def _start(config: Any, ref: ModelRef, bundle: Path, source: DataSource | None, 
                 "interrupted: stopped the model server of %s that was starting (pid %d)", name, proc.pid
             )
         raise
+    finally:
+        if loaded_file is not None:
+            loaded_file.unlink(missing_ok=True)
     return _endpoint(state)
+
+
+def _wait_all_loaded(config: Any, name: str, proc: subprocess.Popen, loaded_file: Path, log: Path) -> None:
+    """Wait until each of ``config.workers`` processes has loaded the model (each appends its pid)."""
+    deadline = time.monotonic() + config.start_timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if len(loaded_file.read_text(encoding="utf-8").split()) >= config.workers:
+                return
+        code = proc.poll()
+        if code is not None:
+            raise ServingError(
+                f"the model server for {name!r} exited (code {code}) before all "
+                f"{config.workers} workers were ready. Its log ends with:\n{log_tail(log)}",
+                hint=f"full log: {log}",
+            )
+        if time.monotonic() > deadline:
+            raise ServingError(
+                f"not all {config.workers} workers of the model server for {name!r} were ready after "
+                f"{config.start_timeout:.0f} s. Its log ends with:\n{log_tail(log)}",
+                hint="raise server.start_timeout if the model is large or the machine busy",
+            )
+        time.sleep(0.05)
 
 
 def _hand_over(

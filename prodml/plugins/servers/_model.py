@@ -68,6 +68,8 @@ class BundleModel(Model):
         self.trust_model_code = trust_model_code
         self.max_rows = max_rows
         self.ready = False
+        #: called once, in the loading thread, when the model has loaded (workers > 1 report it)
+        self.on_ready: Callable[[], None] | None = None
         self.failure: str | None = None
         self.metadata: Any = None
         self.spec: InputSpec | None = None
@@ -97,6 +99,8 @@ class BundleModel(Model):
                 log.error("model %r failed to load and stays not ready: %s", self.name, self.failure)
                 return False
             self.ready = True
+            if self.on_ready is not None:
+                self.on_ready()
             log.info(
                 "model %r version %s ready in %.1f s (%d features -> %s[%d], inference: %s)",
                 self.name,

@@ -304,12 +304,37 @@ def stop_process(pid: int, *, foreground: bool = False, grace: float = 10.0) -> 
     if not alive():
         if not foreground:  # workers of a group whose leader exited first
             signal_server(pid, signal.SIGKILL, foreground=False)
+            _wait_group_gone(pid)
         return False
     signal_server(pid, signal.SIGKILL, foreground=foreground)
     deadline = time.monotonic() + 5
     while alive() and time.monotonic() < deadline:
         time.sleep(0.05)
+    if not foreground:
+        _wait_group_gone(pid)
     return True
+
+
+def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
+    """Wait until no live process of the group is left: SIGKILL is delivered asynchronously,
+    and a caller that returns at once would still see the workers (and their port)."""
+    deadline = time.monotonic() + timeout
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, read from /proc (empty elsewhere)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            state_and_rest = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # after the command name: state, ppid, pgrp, ...
+        if len(state_and_rest) > 2 and state_and_rest[0] != "Z" and int(state_and_rest[2]) == pgid:
+            found.append(int(entry.name))
+    return found
 
 
 def stop(record: ServerRecord, *, grace: float = 10.0) -> bool:
