@@ -100,8 +100,10 @@ def configure_console(verbosity: int) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     if verbosity == 0:
         handler.addFilter(_OurRecordsOnly())
-        # child processes (model server, kfp.local steps) inherit these
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        # child processes (model server, kfp.local steps) inherit these; forced, not defaulted:
+        # a value inherited from a parent that imported TensorFlow (2) lets its C++ ERROR lines
+        # and absl's preamble through
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
         warnings.simplefilter("ignore")
     # warnings become log records (py.warnings): shown with -v, held back by the filter
