@@ -146,5 +146,10 @@ def after_bind(sock: socket.socket, handover: dict[str, Any], *, primary: bool) 
             release_when_gone(sock, int(handover["old_pid"]))
     ready_file = handover.get("ready_file")
     if ready_file:
-        with open(ready_file, "a", encoding="utf-8") as out:
-            out.write(f"{os.getpid()}\n")
+        report_pid(ready_file)
+
+
+def report_pid(path: str) -> None:
+    """Append this process's pid to ``path``: how each worker tells deploy it is ready."""
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(f"{os.getpid()}\n")

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -392,25 +393,46 @@ def _start(config: Any, ref: ModelRef, bundle: Path, source: DataSource | None, 
 
 def _wait_all_loaded(config: Any, name: str, proc: subprocess.Popen, loaded_file: Path, log: Path) -> None:
     """Wait until each of ``config.workers`` processes has loaded the model (each appends its pid)."""
+    _wait_reported(
+        config,
+        proc,
+        loaded_file,
+        exited=lambda code: (
+            f"the model server for {name!r} exited (code {code}) before all "
+            f"{config.workers} workers were ready. Its log ends with:\n{log_tail(log)}"
+        ),
+        timed_out=f"not all {config.workers} workers of the model server for {name!r} were ready after "
+        f"{config.start_timeout:.0f} s",
+        log=log,
+    )
+
+
+def _wait_reported(
+    config: Any,
+    proc: subprocess.Popen,
+    report_file: Path,
+    *,
+    exited: Callable[[int], str],
+    timed_out: str,
+    log: Path,
+) -> None:
+    """Wait until ``config.workers`` pids are in ``report_file``; raise when ``proc`` exits or time is up."""
     deadline = time.monotonic() + config.start_timeout
+    delay = 0.05
     while True:
-        with contextlib.suppress(OSError):
-            if len(loaded_file.read_text(encoding="utf-8").split()) >= config.workers:
-                return
-        code = proc.poll()
+        code = proc.poll()  # a process that exited is not a ready server, whatever it reported
         if code is not None:
-            raise ServingError(
-                f"the model server for {name!r} exited (code {code}) before all "
-                f"{config.workers} workers were ready. Its log ends with:\n{log_tail(log)}",
-                hint=f"full log: {log}",
-            )
+            raise ServingError(exited(code), hint=f"full log: {log}")
+        with contextlib.suppress(OSError):
+            if len(report_file.read_text(encoding="utf-8").split()) >= config.workers:
+                return
         if time.monotonic() > deadline:
             raise ServingError(
-                f"not all {config.workers} workers of the model server for {name!r} were ready after "
-                f"{config.start_timeout:.0f} s. Its log ends with:\n{log_tail(log)}",
+                f"{timed_out}. Its log ends with:\n{log_tail(log)}",
                 hint="raise server.start_timeout if the model is large or the machine busy",
             )
-        time.sleep(0.05)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
 
 
 def _hand_over(
@@ -478,28 +500,19 @@ def _wait_listening(
     current: dict[str, Any],
 ) -> None:
     """Wait until every new worker has loaded the model and listens (each appends its pid)."""
-    deadline = time.monotonic() + config.start_timeout
-    delay = 0.05
-    while True:
-        code = proc.poll()
-        if code is not None:
-            raise ServingError(
-                f"the new model server for {name!r} exited (code {code}) before it was ready; "
-                f"version {current.get('version')} keeps serving. Its log ends with:\n{log_tail(log_file)}",
-                hint=f"full log: {log_file}",
-            )
-        with contextlib.suppress(OSError):
-            listening = [line for line in ready_file.read_text(encoding="utf-8").split() if line.strip()]
-            if len(listening) >= config.workers:
-                return
-        if time.monotonic() > deadline:
-            raise ServingError(
-                f"the new model server for {name!r} was not ready after {config.start_timeout:.0f} s; "
-                f"version {current.get('version')} keeps serving. Its log ends with:\n{log_tail(log_file)}",
-                hint="raise server.start_timeout if the model is large or the machine busy",
-            )
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+    keeps = f"version {current.get('version')} keeps serving"
+    _wait_reported(
+        config,
+        proc,
+        ready_file,
+        exited=lambda code: (
+            f"the new model server for {name!r} exited (code {code}) before it was "
+            f"ready; {keeps}. Its log ends with:\n{log_tail(log_file)}"
+        ),
+        timed_out=f"the new model server for {name!r} was not ready after {config.start_timeout:.0f} s; "
+        f"{keeps}",
+        log=log_file,
+    )
 
 
 def _wait_ready(config: Any, name: str, url: str, proc: subprocess.Popen, log_path: Path) -> None:

@@ -92,7 +92,9 @@ def run_spec(spec: dict[str, Any], *, worker: bool = False) -> None:
     loaded_file = spec.get("loaded_file")
     if loaded_file:
         # a fresh start with several workers: deploy waits until every one of them has loaded
-        model.on_ready = lambda: _report_loaded(str(loaded_file))
+        from prodml.plugins.servers._handover import report_pid
+
+        model.on_ready = lambda: report_pid(str(loaded_file))
     handover = spec.get("handover")  # replacing a running server on its port: see _handover
     if handover:
         from prodml.plugins.servers import _handover
@@ -129,11 +131,6 @@ def run_spec(spec: dict[str, Any], *, worker: bool = False) -> None:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
-
-
-def _report_loaded(path: str) -> None:
-    with open(path, "a", encoding="utf-8") as out:
-        out.write(f"{os.getpid()}\n")
 
 
 def fast_path_enabled(spec: dict[str, Any]) -> bool:
