@@ -268,3 +268,54 @@ def test_per_feature_float_inputs_build_the_same_matrix_as_the_general_path() ->
     huge = [V2Input(name=n, datatype="FP64", shape=[1], data=[v]) for n, v in values.items()]
     with pytest.raises(RequestRejected, match="too large"):
         parse_v2(huge, spec)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        -7,
+        2.5,
+        1e-45,
+        3.4028234663852886e38,  # float32's largest
+        3.4028235677973362e38,  # just below the rounding edge: still float32's largest
+        3.4028235677973366e38,  # the edge itself rounds to infinity
+        -3.5e38,
+        10**39,
+        2**64 + 1,
+        10**400,
+        float("nan"),
+        float("inf"),
+        True,
+        None,
+        "1.0",
+        [1.0],
+    ],
+    ids=lambda v: repr(v)[:24],
+)
+def test_small_batches_are_checked_like_large_ones(value: Any) -> None:
+    """The few-rows shortcut of V1 parsing accepts and refuses exactly what the NumPy path does."""
+    from prodml.plugins.servers import _requests
+    from prodml.plugins.servers._requests import InputSpec, parse_v1
+
+    spec = InputSpec(feature_names=("a", "b", "c"))
+    rows = [[1.0, value, -2], [0.5, 0.25, 3]]
+
+    def outcome() -> Any:
+        try:
+            return parse_v1({"instances": rows}, spec).matrix
+        except RequestRejected as exc:
+            return (exc.status, exc.message)
+
+    small = outcome()
+    large_only = pytest.MonkeyPatch()
+    large_only.setattr(_requests, "_SMALL", 0)
+    try:
+        large = outcome()
+    finally:
+        large_only.undo()
+    if isinstance(large, np.ndarray):
+        assert isinstance(small, np.ndarray) and small.dtype == large.dtype == np.float32
+        assert small.flags.c_contiguous and small.tobytes() == large.tobytes()
+    else:
+        assert small == large

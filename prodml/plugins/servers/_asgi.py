@@ -30,6 +30,7 @@ Two things the front door does for every POST, on either path:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -307,26 +308,24 @@ def _json_rows(result: np.ndarray) -> bytes:
     return orjson.dumps(result.astype(np.float64, copy=False), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+@functools.lru_cache(maxsize=16)
+def _v2_parts(model_name: str, version: str, output: str) -> tuple[bytes, bytes]:
+    """The fixed parts of a V2 answer: before the request id, and from it to the shape."""
+    start = b'{"model_name":' + orjson.dumps(model_name) + b',"model_version":' + orjson.dumps(version)
+    middle = b',"parameters":null,"outputs":[{"name":' + orjson.dumps(output) + b',"shape":'
+    return start + b',"id":', middle
+
+
 def _v2_answer(model: Any, request: V2Request, result: np.ndarray) -> tuple[bytes, int | None]:
     """The V2 answer (JSON, or JSON + binary output) and the length of its JSON part if binary."""
     name = model.output_name
     for requested, _ in request.outputs or ():
         if requested != name:
             raise RequestRejected(400, f"unknown output {requested!r}; this model's output is {name!r}")
-    shape = b"[%d,%d]" % result.shape
-    head = (
-        b'{"model_name":'
-        + orjson.dumps(model.name)
-        + b',"model_version":'
-        + orjson.dumps(model.version)
-        + b',"id":'
-        + orjson.dumps(request.id or os.urandom(16).hex())  # KServe's path: uuid4().hex, same form
-        + b',"parameters":null,"outputs":[{"name":'
-        + orjson.dumps(name)
-        + b',"shape":'
-        + shape
-        + b',"datatype":"FP32",'
-    )
+    start, middle = _v2_parts(model.name, model.version, name)
+    request_id = request.id or os.urandom(16).hex()  # KServe's path: uuid4().hex, same form
+    head = start + orjson.dumps(request_id) + middle + b"[%d,%d]" % result.shape + b',"datatype":"FP32",'
+
     if request.binary_output(name):
         raw = np.ascontiguousarray(result, dtype="<f4").tobytes()
         header = head + b'"parameters":{"binary_data_size":%d}}]}' % len(raw)
