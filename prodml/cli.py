@@ -283,7 +283,9 @@ def _handler(command: str, plugins: dict[str, Any]) -> Callable[[argparse.Namesp
 
 def main(argv: Sequence[str] | None = None) -> int:
     from prodml.core.errors import ProdmlError
+    from prodml.core.plugins import skip_pydantic_plugin_scan
 
+    skip_pydantic_plugin_scan()  # before the first pydantic model is built
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         plugins = plugin_commands(argv)

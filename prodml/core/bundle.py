@@ -176,7 +176,7 @@ def frame_fingerprint(frame: pd.DataFrame) -> str:
 class FeatureInfo(BaseModel):
     """A model input as recorded in prodml.json."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str
     dtype: str
@@ -189,7 +189,7 @@ class Evaluation(BaseModel):
     metrics compare directly; otherwise a gate re-scores one of them on the other's rows.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     metrics: dict[str, float] = Field(description="metric name (as compiled: loss, mae, ...) -> value")
     rows: int = Field(description="number of evaluation rows")
@@ -207,7 +207,7 @@ class BundleMetadata(BaseModel):
     carries it.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     format_version: int = 1
     name: str

@@ -50,9 +50,13 @@ PROJECT_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 
 class PluginConfig(BaseModel):
-    """Base for plugin config classes: frozen, unknown keys forbidden."""
+    """Base for plugin config classes: frozen, unknown keys forbidden.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Schemas are built on first use (``defer_build``): every installed backend's config
+    class is defined when the registry loads, but a run validates only the few it names.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class VariantConfig(PluginConfig):
@@ -177,8 +181,12 @@ def _tag_of(value: Any) -> Any:
     return getattr(value, "type", None)
 
 
-def _role_union(registry: Registry, role: Role) -> Any:
-    classes = [Annotated[cls, Tag(name)] for name, cls in registry.config_classes(role)]
+def _role_union(registry: Registry, role: Role, only: str | None = None) -> Any:
+    classes = [
+        Annotated[cls, Tag(name)]
+        for name, cls in registry.config_classes(role)
+        if only is None or name == only
+    ]
     if not classes:
         return None
     return Annotated[Union[tuple(classes)], Discriminator(_tag_of)]  # noqa: UP007
@@ -345,10 +353,21 @@ def _collect_secrets(value: Any, found: list[str]) -> None:
 
 
 @cache
-def _model_for(registry: Registry) -> type[ConfigBase]:
+def _model_for(registry: Registry, chosen: tuple[tuple[str, str], ...] | None = None) -> type[ConfigBase]:
+    """The config model; with ``chosen`` ((role, type) pairs) only those types are in it.
+
+    Validating a file needs only the types it names: building the schema of every
+    installed backend's config (about 35 classes) would be most of `prodml validate`'s time.
+    The sections keep the shape of the full model (a one-member tagged union), so error
+    locations read the same.
+    """
+    only = dict(chosen) if chosen is not None else None
     fields: dict[str, Any] = {}
     for role in ROLES:
-        union = _role_union(registry, role)
+        if only is not None and role not in only:
+            fields[role] = (None, None)
+            continue
+        union = _role_union(registry, role, None if only is None else only[role])
         if union is None:
             fields[role] = (None, Field(None, description=f"no {role} plugins installed"))
         elif role == "runner":
@@ -425,7 +444,10 @@ def load_config_dict(
     registry = registry or default_registry()
     data = interpolate(dict(data), file=file) if interpolate_env else dict(data)
     _check_types(data, registry, file)
-    model = config_model(registry)
+    chosen = [(role, str(data[role]["type"])) for role in ROLES if isinstance(data.get(role), Mapping)]
+    if not isinstance(data.get("runner"), Mapping):
+        chosen.append(("runner", "local"))  # the default runner
+    model = _model_for(registry, tuple(chosen))
     base = Path(base_dir) if base_dir else Path.cwd()
     try:
         config = model.model_validate(data, context={"base_dir": base, "source_file": source_file})

@@ -36,7 +36,7 @@ ROLES: tuple[Role, ...] = ("source", "trainer", "store", "server", "runner")
 class Value(BaseModel):
     """Base of the frozen value types passed between stages (and written as JSON)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     def to_json(self) -> str:
         """Serialise as indented JSON."""

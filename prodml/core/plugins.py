@@ -202,6 +202,46 @@ def module_available(name: str) -> bool:
     return spec is not None
 
 
+def _entry_point_files() -> Iterator[tuple[str, str]] | None:
+    """(metadata folder, entry_points.txt text) of each distribution on ``sys.path``, in path
+    order; None when a zip file is on ``sys.path`` (only ``importlib.metadata`` reads those)."""
+    files: list[tuple[str, str]] = []
+    for entry in sys.path:
+        try:
+            listing = sorted(os.scandir(entry or "."), key=lambda e: e.name)
+        except NotADirectoryError:
+            return None
+        except OSError:
+            continue
+        for item in listing:
+            if not item.name.endswith((".dist-info", ".egg-info")):
+                continue
+            try:
+                with open(os.path.join(item.path, "entry_points.txt"), encoding="utf-8") as fh:
+                    files.append((item.path, fh.read()))
+            except OSError:
+                continue
+    return iter(files)
+
+
+def skip_pydantic_plugin_scan() -> None:
+    """Tell pydantic it has no plugins to look for, when no installed distribution has any.
+
+    pydantic looks up its ``pydantic`` entry-point group through ``importlib.metadata`` when
+    the first model is built: a read of every installed distribution's metadata, a good part
+    of `prodml validate`'s start-up in an environment with TensorFlow, Feast and KServe. When
+    the metadata folders (read here anyway, for prodml's own group) declare no such entry
+    point, ``PYDANTIC_DISABLE_PLUGINS=__all__`` changes nothing but that lookup. A value the
+    user set is left alone, and so is anything unusual (a zip file on ``sys.path``).
+    """
+    if "PYDANTIC_DISABLE_PLUGINS" in os.environ:
+        return
+    files = _entry_point_files()
+    if files is None or any("[pydantic]" in text for _, text in files):
+        return
+    os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
+
+
 def prodml_entry_points() -> list[tuple[str, str, str]]:
     """(distribution, name, value) of every entry point in the ``prodml`` group, in path order.
 
@@ -210,26 +250,15 @@ def prodml_entry_points() -> list[tuple[str, str, str]]:
     on ``sys.path`` are read directly instead. A zip file on ``sys.path`` (rare) sends the
     whole lookup through ``importlib.metadata``.
     """
+    files = _entry_point_files()
+    if files is None:
+        return _entry_points_from_metadata()
     found: list[tuple[str, str, str]] = []
-    for entry in sys.path:
-        try:
-            listing = sorted(os.scandir(entry or "."), key=lambda e: e.name)
-        except NotADirectoryError:
-            return _entry_points_from_metadata()
-        except OSError:
+    for path, text in files:
+        if f"[{hookspecs.PROJECT_NAME}]" not in text:
             continue
-        for item in listing:
-            if not item.name.endswith((".dist-info", ".egg-info")):
-                continue
-            try:
-                with open(os.path.join(item.path, "entry_points.txt"), encoding="utf-8") as fh:
-                    text = fh.read()
-            except OSError:
-                continue
-            if f"[{hookspecs.PROJECT_NAME}]" not in text:
-                continue
-            dist = _distribution_name(item.path) or item.name.split("-")[0]
-            found += [(dist, name, value) for name, value in _ini_section(text, hookspecs.PROJECT_NAME)]
+        dist = _distribution_name(path) or os.path.basename(path).split("-")[0]
+        found += [(dist, name, value) for name, value in _ini_section(text, hookspecs.PROJECT_NAME)]
     return found
 
 

@@ -139,7 +139,7 @@ KNATIVE_ONLY_METRICS = ("concurrency", "rps")
 class Autoscaling(BaseModel):
     """How KServe scales the predictor: replica bounds, the metric and its target per replica."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     min_replicas: int = Field(1, ge=0, description="fewest predictor replicas")
     max_replicas: int = Field(ge=1, description="most predictor replicas")

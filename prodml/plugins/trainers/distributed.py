@@ -60,7 +60,7 @@ TAIL_LINES = 15
 class DistributedTraining(BaseModel):
     """How many TensorFlow workers train the model, and where they run."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     workers: int = Field(
         1,
