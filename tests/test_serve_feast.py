@@ -112,11 +112,16 @@ def test_an_entity_with_some_features_missing_is_refused_naming_one(feast_served
     source.store.write_to_online_store("house_location", partial)
     with pytest.raises(client.PredictionError) as caught:
         client.predict(endpoint.url, "houses", [{key: ids[0]}, {key: 555_555}])
-    # docs/serving.md: the request is refused with 404, naming the entity and a missing feature
-    assert caught.value.status == 404
+    # docs/serving.md: an entity the store knows only partly is 422, naming it and the
+    # features it lacks (not those it has)
+    assert caught.value.status == 422
     reason = caught.value.reason
     assert "555555" in reason and "'sqft'" in reason, reason
-    assert "distance" not in reason
+    assert "distance" not in reason and "quality" not in reason
+    # an unknown entity in the same request makes it a 404: nothing is known about it
+    with pytest.raises(client.PredictionError) as unknown:
+        client.predict(endpoint.url, "houses", [{key: 555_555}, {key: 987_654_321}])
+    assert unknown.value.status == 404 and "987654321" in unknown.value.reason
     # the server keeps answering complete entities
     assert len(client.predictions(client.predict(endpoint.url, "houses", [{key: ids[0]}]))) == 1
 

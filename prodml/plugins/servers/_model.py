@@ -244,6 +244,9 @@ class BundleModel(Model):
         try:
             frame = self.source.online_features(list(entity_rows))
         except DataError as exc:  # the source's word for entities it has no online values for
+            partly = _partly_missing(getattr(exc, "missing_values", None), entity_rows, spec)
+            if partly is not None:
+                raise partly from None
             keys = ", ".join(_key_text(row, spec.entity_keys) for row in entity_rows[:5])
             raise RequestRejected(404, f"online features not found for {keys}: {exc.message}") from None
         except Exception as exc:
@@ -274,6 +277,31 @@ class BundleModel(Model):
         from prodml.plugins.servers._requests import finite_float32
 
         return finite_float32(values, spec, "online features")
+
+
+def _partly_missing(
+    gaps: Mapping[str, Sequence[int]] | None, entity_rows: Sequence[Mapping[str, Any]], spec: InputSpec
+) -> RequestRejected | None:
+    """422 for the first entity the online store knows only some features of, when no
+    entity of the request is wholly unknown (that is a 404); None to answer 404.
+
+    ``gaps`` is what a source's DataError may carry: {feature: [row indices without a value]}.
+    """
+    if not gaps:
+        return None
+    lacking: dict[int, list[str]] = {}
+    for feature, rows in gaps.items():
+        for row in rows:
+            lacking.setdefault(int(row), []).append(feature)
+    n_features = len(spec.feature_names)
+    if not lacking or any(len(features) >= n_features for features in lacking.values()):
+        return None
+    first = min(lacking)
+    if first >= len(entity_rows):
+        return None
+    gaps_of_first = [f for f in spec.feature_names if f in lacking[first]] or lacking[first]
+    entity = _key_text(entity_rows[first], spec.entity_keys)
+    return RequestRejected(422, f"entity {entity} has no online value for {gaps_of_first}")
 
 
 def choose_inference(

@@ -633,15 +633,22 @@ class FeastSource(DataSource):
         # own to_df(), so serving through prodml costs (almost) nothing over raw Feast.
         values = response.to_dict()
         columns = {name: values[name] for name in [*keys, *features]}
+        gaps: dict[str, list[int]] = {}
         for name in features:
             column = columns[name]
             if any(v is None or v != v for v in column):  # v != v: NaN
-                absent = [i for i, v in enumerate(column) if v is None or v != v]
-                raise DataError(
-                    f"the online store has no {name!r} for {len(absent)} of {len(rows)} entity row(s), "
-                    f"first {rows[absent[0]]}",
-                    hint="unknown entity, or its features were never materialized (run the fetch stage)",
-                )
+                gaps[name] = [i for i, v in enumerate(column) if v is None or v != v]
+        if gaps:
+            name, absent = next(iter(gaps.items()))
+            error = DataError(
+                f"the online store has no {name!r} for {len(absent)} of {len(rows)} entity row(s), "
+                f"first {rows[absent[0]]}",
+                hint="unknown entity, or its features were never materialized (run the fetch stage)",
+            )
+            # which row lacks which feature: the model server answers an unknown entity (no
+            # feature at all) with 404 and an entity missing only some features with 422
+            error.missing_values = gaps  # type: ignore[attr-defined]
+            raise error
         return pd.DataFrame(columns)
 
 
