@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from prodml.core.config import ProdmlConfig
 
 SECRETS_ENV = "PRODML_STEP_SECRETS"
+#: kfp-local: where the export step records a gate's "no" (the runner turns it into exit 3)
+GATED_FILE_ENV = "PRODML_STEP_GATED_FILE"
+#: kfp-local: `prodml run --force-promote` reaches the export step through this ("1")
+FORCE_PROMOTE_ENV = "PRODML_STEP_FORCE_PROMOTE"
 
 
 def secret_items(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[list[Any], str]]:
@@ -108,16 +112,24 @@ def run_export(config_json: str, model_path: str, dataset_path: str = "") -> str
     """
     import tempfile
 
+    from prodml.core.errors import GatedError
     from prodml.runner import stages
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prodml-export-") as out:
-        ref = stages.export(
-            step_config(config_json),
-            Path(model_path),
-            Path(out),
-            dataset_dir=Path(dataset_path) if dataset_path else None,
-        )
+        try:
+            ref = stages.export(
+                step_config(config_json),
+                Path(model_path),
+                Path(out),
+                dataset_dir=Path(dataset_path) if dataset_path else None,
+                force_promote=os.environ.get(FORCE_PROMOTE_ENV) == "1",
+            )
+        except GatedError as exc:
+            gated_file = os.environ.get(GATED_FILE_ENV)
+            if gated_file:  # the step still fails (the pipeline stops); the runner reads why
+                Path(gated_file).write_text(json.dumps({"message": exc.message, "hint": exc.hint}))
+            raise
     _report("export", started, ref)
     return ref.model_dump_json()
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from prodml import hookimpl
-from prodml.core.errors import RunnerError
+from prodml.core.errors import GatedError, RunnerError
 from prodml.core.interfaces import Endpoint, RunSummary
 from prodml.core.plugins import Backend
 from prodml.runner import _interrupt
@@ -80,6 +80,24 @@ def _step_secrets(config: ProdmlConfig) -> Iterator[None]:
             os.environ[SECRETS_ENV] = previous
 
 
+@contextmanager
+def _step_environment(gated_file: Path, force_promote: bool) -> Iterator[None]:
+    """Tell kfp.local's export step where to record a gate's "no", and ``--force-promote``."""
+    from prodml.runner._step import FORCE_PROMOTE_ENV, GATED_FILE_ENV
+
+    values = {GATED_FILE_ENV: str(gated_file), FORCE_PROMOTE_ENV: "1" if force_promote else ""}
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _task_outputs(run_root: Path) -> dict[str, dict[str, Any]]:
     """{task name: executor output} of the (single) pipeline run under ``run_root``."""
     found: dict[str, dict[str, Any]] = {}
@@ -108,9 +126,15 @@ class KfpLocalRunner(PipelineRunner):
         start_at: str | None = None,
         keep_serving: bool = False,
         registry: Registry | None = None,
+        force_promote: bool = False,
         **_options: Any,
     ) -> RunSummary:
-        """Execute the pipeline with kfp.local; show the endpoint; stop it unless ``keep_serving``."""
+        """Execute the pipeline with kfp.local; show the endpoint; stop it unless ``keep_serving``.
+
+        Raises:
+            GatedError: the config's gate kept the exported version out of ``latest`` (the
+                version is stored; the pipeline stopped before serve), exit status 3.
+        """
         from kfp import local
 
         from prodml.core.logs import hold_output
@@ -149,11 +173,13 @@ class KfpLocalRunner(PipelineRunner):
         )
         started = time.perf_counter()
         spawned_before = _interrupt.descendants()
+        gated_file = run.root / "gated.json"
         try:
             # kfp.local prints every step's executor input and log (hundreds of lines):
             # shown with -v, or when the run fails
             with (
                 _step_secrets(config),
+                _step_environment(gated_file, force_promote),
                 warnings.catch_warnings(),
                 _interrupt.interruptible(),
                 hold_output("the kfp-local pipeline"),
@@ -168,6 +194,12 @@ class KfpLocalRunner(PipelineRunner):
             )
             raise
         except RuntimeError as exc:
+            if gated_file.is_file():
+                # not a failure: the version is stored, latest and any server unchanged
+                said = json.loads(gated_file.read_text(encoding="utf-8"))
+                run.mark("export", "gated", error=said["message"])
+                run.finish("gated", failed_stage="export")
+                raise GatedError(said["message"], hint=said.get("hint")) from None
             run.finish("failed", error=str(exc))
             failed = [s for s in stages if s not in _task_outputs(pipeline_root)]
             where = f"the {failed[0]} step" if failed else "a step"
