@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-only", action="store_true", help="only the training frame comparison")
     parser.add_argument("--only", action="append", choices=CANDIDATES, help="run only these candidates")
     parser.add_argument("--lookups", type=int, default=50, help="repetitions per online lookup size")
-    parser.add_argument("--workdir", help="keep data here (default: a temporary folder)")
+    parser.add_argument("--workdir", help="where the temporary data folder is made (default: the system's)")
     parser.add_argument("--child", choices=CANDIDATES, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -479,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, object] = {"rows": rows, "features": len(FEATURES), "cpus": os.cpu_count()}
     print(f"fetch benchmark: {rows:,} entity rows x {len(FEATURES)} features over 2 views\n")
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="prodml-bench-", dir=args.workdir) as tmp:
         root = Path(tmp)
         ok = training_frames(args, rows, root, results)
