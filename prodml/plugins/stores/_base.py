@@ -231,6 +231,10 @@ class ObjectStore(ModelStore):
         super().__init__(config)
         register_config_secrets(config)
         self._prepared = False
+        #: the way big downloads are fetched, once measured (None: not yet): True for
+        #: parallel ranges, False for one stream. Measured on the first big pull of this
+        #: store and kept, so later pulls pay nothing for the choice
+        self._ranged_pulls: bool | None = None
 
     # -- primitives -------------------------------------------------------------------
 
@@ -268,16 +272,9 @@ class ObjectStore(ModelStore):
     def _upload_part(self, upload: Any, number: int, data: bytes) -> Any:
         """Store part ``number`` (from 1) with an integrity check; return what completing needs.
 
-        A backend whose :meth:`_part_checksum` returns a value gets it as a fourth argument.
+        Called from worker threads: the check (e.g. the part's MD5) is computed there, so the
+        parts in flight are hashed in parallel while the reader moves on.
         """
-
-    def _part_checksum(self, data: bytes) -> Any:
-        """The integrity check of a part, computed ahead (None: ``_upload_part`` does its own).
-
-        It runs on another thread while the part before is on the wire, so that parts sent
-        one at a time do not wait for their own checksum.
-        """
-        return None
         raise NotImplementedError(f"{type(self).__name__} does not upload in parts")
 
     def _complete_upload(self, upload: Any, parts: list[Any]) -> None:
@@ -514,32 +511,25 @@ class ObjectStore(ModelStore):
     def _put_in_parts(
         self, key: str, path: Path, size: int, progress: TransferProgress, pool: ThreadPoolExecutor
     ) -> str:
-        """Upload a big file in parts; return its sha256.
+        """Upload a big file in parts, ``concurrency`` at a time; return its sha256.
 
-        The file is read once, in order, here: each part is hashed into the file's sha256
-        while the parts before it are on the wire (each part's MD5 is computed by the thread
-        that sends it). Parallel parts beat one request at a time on some servers and lose
-        on others (a busy two-core SeaweedFS took longer for four parts at once than for one
-        PUT of the whole file), so this measures: part 1 goes alone, parts 2 and 3 go
-        together, and the rest goes one at a time, or ``concurrency`` at a time when two
-        together were clearly faster. At most ``concurrency + 1`` parts are in memory.
+        The file is read once, in order, here, and each part is hashed into the file's
+        sha256 while the parts before it are on the wire; each part's MD5 is computed by
+        the thread that sends it. Parts always overlap (at least two in flight when
+        ``concurrency`` allows): one part at a time leaves the server idle between a
+        part's answer and the next part's first byte. (An earlier version measured one
+        part alone against two together and could pick one at a time: on a server that
+        was busy anyway two were not twice as fast, and the rest then went serially, 1.8x
+        slower than one PUT of the file.) At most ``concurrency + 1`` parts are in memory.
         """
         part_size = self.part_size(size)
-        count = -(-size // part_size)
         upload = self._begin_upload(key)
         digest = hashlib.sha256()
         futures: list[Future] = []
-        # probe only when there is a rest to choose a way for
-        probing = self.concurrency > 1 and count >= 4
-        limit = 1 if probing else self.concurrency
-        timer: dict[str, float] = {}
+        limit = self.concurrency
 
-        def send(number: int, data: bytes, checksum: Future) -> Any:
-            ready = checksum.result()
-            if ready is None:
-                result = self._upload_part(upload, number, data)
-            else:
-                result = self._upload_part(upload, number, data, ready)
+        def send(number: int, data: bytes) -> Any:
+            result = self._upload_part(upload, number, data)
             progress.add(len(data))
             return result
 
@@ -554,36 +544,15 @@ class ObjectStore(ModelStore):
                     return
                 wait(running, return_when=FIRST_COMPLETED)
 
-        checksums = ThreadPoolExecutor(1, thread_name_prefix="prodml-checksum")
         try:
-            with checksums, open(path, "rb") as fh:
+            with open(path, "rb") as fh:
                 for number, offset in enumerate(range(0, size, part_size), start=1):
-                    if probing and number == 1:
-                        timer["alone"] = time.perf_counter()
-                    if probing and number == 2:
-                        room(1)  # part 1 done: one request's rate
-                        timer["alone"] = time.perf_counter() - timer["alone"]
-                        timer["together"] = time.perf_counter()
-                        limit = 2
-                    if probing and number == 4:
-                        room(1)  # parts 2 and 3 done
-                        together = time.perf_counter() - timer["together"]
-                        parallel = together * 1.1 < timer["alone"] * 2
-                        limit = self.concurrency if parallel else 1
-                        log.debug(
-                            "%s: one part at a time %.0f MB/s, two at once %.0f MB/s; the rest %s",
-                            self._location(key),
-                            part_size / timer["alone"] / 1e6,
-                            part_size * 2 / together / 1e6,
-                            "in parallel" if parallel else "one at a time",
-                        )
                     data = fh.read(min(part_size, size - offset))
                     if len(data) != min(part_size, size - offset):
                         raise BundleError(f"{path} changed while it was being uploaded (short read)")
-                    checksum = checksums.submit(self._part_checksum, data)
-                    digest.update(data)
                     room(limit)
-                    futures.append(pool.submit(send, number, data, checksum))
+                    futures.append(pool.submit(send, number, data))
+                    digest.update(data)  # while this part (and the ones before) are on the wire
                     del data
             parts = run_parallel_futures(futures)
             self._complete_upload(upload, parts)
@@ -602,12 +571,16 @@ class ObjectStore(ModelStore):
         """Download a big object into ``path``, hashing it on the way; return its sha256.
 
         One streamed GET is the plain way; parallel ranged GETs are faster on some servers and
-        slower on others (a local SeaweedFS served one stream at twice the rate of eight
-        ranges). So, as the model server picks its inference path by measuring, this
-        measures: the first stretch comes by one stream, the next by parallel ranges, and the
-        faster way fetches the rest. Bytes are hashed and appended in order by two threads of
-        their own (:class:`_Sink`) while the next ones are on the wire; the file is never read
-        back. Objects too small to be worth the probe come by one stream.
+        slower on others (a local SeaweedFS served one stream at about twice the rate of
+        ranges, while one stream from a distant server is capped by its latency). So, as
+        the model server picks its inference path by measuring, this measures once per
+        store: on the first pull of an object big enough to be worth it, the first stretch
+        comes by one stream, the next by parallel ranges, and the faster way fetches the
+        rest; later pulls go the measured way at once (the probe's slower half cost a
+        512 MB pull from SeaweedFS a tenth of its time, every time, when it was measured on
+        every pull). Bytes are hashed and appended in order by two threads of their own
+        (:class:`_Sink`) while the next ones are on the wire; the file is never read back.
+        Objects too small to be worth the probe come by one stream.
         """
         digest = hashlib.sha256()
         stretch = self.part_size(size) * self.concurrency
@@ -615,27 +588,34 @@ class ObjectStore(ModelStore):
             offset = 0
             parallel = False
             if self.concurrency > 1 and size >= 3 * stretch:
-                started = time.perf_counter()
-                self._stream_into(key, 0, stretch, sink)
-                streamed = time.perf_counter() - started
-                started = time.perf_counter()
-                self._ranges_into(key, stretch, stretch, sink, pool)
-                ranged = time.perf_counter() - started
-                offset = 2 * stretch
-                parallel = ranged * 1.1 < streamed  # parallel must win clearly: it costs more requests
-                log.debug(
-                    "%s: one stream %.0f MB/s, %d ranges %.0f MB/s; the rest by %s",
-                    self._location(key),
-                    stretch / streamed / 1e6,
-                    self.concurrency,
-                    stretch / ranged / 1e6,
-                    "ranges" if parallel else "one stream",
-                )
+                if self._ranged_pulls is None:
+                    offset = 2 * stretch
+                    self._ranged_pulls = self._probe_ranges(key, stretch, sink, pool)
+                parallel = self._ranged_pulls
             if parallel:
                 self._ranges_into(key, offset, size - offset, sink, pool)
             else:
                 self._stream_into(key, offset, size - offset, sink)
         return digest.hexdigest()
+
+    def _probe_ranges(self, key: str, stretch: int, sink: _Sink, pool: ThreadPoolExecutor) -> bool:
+        """Fetch ``2 * stretch`` bytes, half by one stream, half by ranges; True if ranges won."""
+        started = time.perf_counter()
+        self._stream_into(key, 0, stretch, sink)
+        streamed = time.perf_counter() - started
+        started = time.perf_counter()
+        self._ranges_into(key, stretch, stretch, sink, pool)
+        ranged = time.perf_counter() - started
+        parallel = ranged * 1.1 < streamed  # parallel must win clearly: it costs more requests
+        log.debug(
+            "%s: one stream %.0f MB/s, %d ranges %.0f MB/s; the rest by %s (and later pulls of this store)",
+            self._location(key),
+            stretch / streamed / 1e6,
+            self.concurrency,
+            stretch / ranged / 1e6,
+            "ranges" if parallel else "one stream",
+        )
+        return parallel
 
     def _stream_into(self, key: str, offset: int, length: int, sink: _Sink) -> None:
         """``length`` bytes of ``key`` from ``offset`` by one streamed request, into ``sink``."""
