@@ -118,12 +118,20 @@ def prodml_contestants(section: dict, bundle: Path, pulled: Path, label: str = "
     return {f"{label} push": (push, None), f"{label} pull": (pull, lambda: fresh(pulled))}
 
 
+def tuning(args, part_field: str, threshold_field: str) -> dict:
+    """The store settings given on the command line; the store's own defaults for the rest."""
+    found = {}
+    if args.concurrency is not None:
+        found["max_concurrency"] = args.concurrency
+    if args.part_size_mb is not None:
+        found[part_field] = args.part_size_mb
+    if args.threshold_mb is not None:
+        found[threshold_field] = args.threshold_mb
+    return found
+
+
 def bench_s3(server: SeaweedFS, bundle: Path, work: Path, args) -> dict[str, float]:
-    section = server.store_config(
-        max_concurrency=args.concurrency,
-        part_size_mb=args.part_size_mb,
-        multipart_threshold_mb=args.part_size_mb,
-    )
+    section = server.store_config(**tuning(args, "part_size_mb", "multipart_threshold_mb"))
     client = server.client(max_pool_connections=32)
     bucket = section["bucket"]
     files = files_of(bundle)
@@ -188,9 +196,7 @@ def bench_s3(server: SeaweedFS, bundle: Path, work: Path, args) -> dict[str, flo
 
 
 def bench_azure(server: Azurite, bundle: Path, work: Path, args) -> dict[str, float]:
-    section = server.store_config(
-        max_concurrency=args.concurrency, block_size_mb=args.part_size_mb, single_put_mb=args.part_size_mb
-    )
+    section = server.store_config(**tuning(args, "block_size_mb", "single_put_mb"))
     container = server.service_client().get_container_client(section["container"])
     files = files_of(bundle)
     pulled = work / "pulled-az"
@@ -274,8 +280,18 @@ def main() -> int:
     )
     parser.add_argument("--backend", choices=["s3", "azure", "both"], default="both")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every round's time")
-    parser.add_argument("--concurrency", type=int, default=8, help="prodml's max_concurrency")
-    parser.add_argument("--part-size-mb", type=int, default=16, help="prodml's S3 part size")
+    parser.add_argument(
+        "--concurrency", type=int, help="prodml's max_concurrency (default: the store's default)"
+    )
+    parser.add_argument(
+        "--part-size-mb", type=int, help="prodml's part (S3) / block (Azure) size (default: the store's)"
+    )
+    parser.add_argument(
+        "--threshold-mb",
+        type=int,
+        help="files at least this big go in parts: S3 multipart_threshold_mb, Azure single_put_mb "
+        "(default: the store's)",
+    )
     args = parser.parse_args()
     sizes = [64] if args.quick else (args.size_mb or [64, 512])
     summary: dict = {"args": vars(args), "load_average_at_start": os.getloadavg()}
