@@ -598,7 +598,8 @@ def _requested_outputs(outputs: Any) -> list[tuple[str, bool | None]] | None:
 
 def finite_float32(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     """``arr`` as a C-contiguous float32 matrix; NaN, ±Inf and float32 overflow rejected."""
-    out = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 are refused below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     if out.ndim != 2 or out.shape[1] != spec.n_features:
         raise bad_request(f"{where}: expected [rows, {spec.n_features}] values, got shape {list(out.shape)}")
     if out.shape[0] == 0:
