@@ -1,3 +1,3 @@
-from prodml.cli import main
+from prodml.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

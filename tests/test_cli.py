@@ -198,3 +198,22 @@ def test_a_warning_after_an_sdk_resets_the_filters_stays_off_the_console() -> No
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stderr == ""
+
+
+def test_the_command_leaves_quickly_with_its_status_and_all_its_output(tmp_path: Path) -> None:
+    """After TensorFlow was imported, `prodml` skips the interpreter's teardown (most of a
+    second) but still exits with the command's status, every line written."""
+    code = (
+        "import sys, tensorflow; from prodml.cli import entry; "
+        "sys.argv = ['prodml', *sys.argv[1:]]; raise SystemExit(entry())"
+    )
+    cases = [
+        (["plugins"], 0, "stdout", "csv"),
+        (["validate", "-c", str(tmp_path / "missing.yaml")], 2, "stderr", "config file not found"),
+        (["no-such-command"], 2, "stderr", "invalid choice"),
+    ]
+    for argv, status, stream, text in cases:
+        command = [sys.executable, "-c", code, *argv]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == status, (argv, done.stderr[-500:])
+        assert text in getattr(done, stream), (argv, getattr(done, stream)[-500:])
