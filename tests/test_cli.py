@@ -217,3 +217,60 @@ def test_the_command_leaves_quickly_with_its_status_and_all_its_output(tmp_path:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert done.returncode == status, (argv, done.stderr[-500:])
         assert text in getattr(done, stream), (argv, getattr(done, stream)[-500:])
+
+
+#: what native code writes to fd 2, one os.write each (a multi-line record is one write)
+NATIVE_WRITES = [
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+    b"I0000 00:00:1796082471.954320    4642 port.cc:153] oneDNN custom operations are on.\n",
+    b"I0000 00:00:1796083260.035470   18245 cpu_feature_guard.cc:227] This TensorFlow binary is"
+    b" optimized.\nTo enable the following instructions: AVX2 FMA, rebuild TensorFlow.\n",
+    b"W0000 00:00:1796083260.1   18245 x.cc:1] a native warning\n",
+    b"2026-11-30 12:00:00.000001: I tensorflow/core/y.cc:42] tf info\n",
+    b"E0000 00:00:1796083260.2   18245 z.cc:9] a native error\n",
+    b"a plain line",
+    b" in two writes\n",
+    b"an unfinished line",
+]
+NATIVE = (
+    "import os, sys\n"
+    "from prodml.core.logs import native_log_filtered\n"
+    "with native_log_filtered(int(sys.argv[1])):\n"
+    f"    for data in {NATIVE_WRITES[:-3]!r}:\n"
+    "        os.write(2, data)\n"
+    "    sys.stderr.write('a python line\\n')\n"
+    f"    for data in {NATIVE_WRITES[-3:]!r}:\n"
+    "        os.write(2, data)\n"
+    "sys.stderr.write('after the block\\n')\n"
+)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_native_log_lines_below_the_level_are_dropped_and_every_other_line_kept(level: int) -> None:
+    """TensorFlow >= 2.19 logs through absl on import, before it reads TF_CPP_MIN_LOG_LEVEL
+    (on a CPU with oneDNN, two INFO lines and absl's preamble, twice): the filter applies the
+    level to those records, and passes everything else as written."""
+    out = subprocess.run([sys.executable, "-c", NATIVE, str(level)], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    others = ["a python line", "a plain line in two writes", "an unfinished lineafter the block"]
+    assert lines[-3:] == others
+    native = lines[:-3]
+    if level == 0:
+        assert len(native) == 7 and native[0].startswith("WARNING: All log messages before absl")
+    else:
+        assert not any("absl::InitializeLog" in line or "To enable the following" in line for line in native)
+        kept = {1: ["a native warning", "a native error"], 2: ["a native error"], 3: []}[level]
+        assert [line.rsplit("] ", 1)[1] for line in native] == kept
+
+
+def test_importing_tensorflow_the_trainers_way_prints_nothing() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "from prodml.plugins.trainers import _tf; print(_tf.tf.__version__)"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""

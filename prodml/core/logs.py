@@ -16,6 +16,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -139,3 +140,122 @@ def hold_output(what: str) -> Iterator[io.StringIO]:
         if text:
             print(f"--- output of {what} (shown because it failed) ---\n{text}", file=sys.stderr)
         raise
+
+
+# -- TensorFlow's import-time C++ log --------------------------------------------------------
+
+#: a native log record: absl's ``I0000 00:00:1796.. 4642 port.cc:153] ...`` or TensorFlow's own
+#: ``2026-11-30 12:00:00.000001: I tensorflow/core/....cc:42] ...``; group 1 is the severity
+NATIVE_RECORD = re.compile(
+    rb"^(?:([IWEF])\d{4} [\d:.]+\s+\d+ |\d{4}-\d\d-\d\d [\d:.]+: ([IWEF]) )[^\s\]]+:\d+\] "
+)
+#: what absl prints once before its first record when nothing initialised its log
+ABSL_PREAMBLE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+#: second lines of TensorFlow's multi-line start-up records (cpu_feature_guard.cc)
+NATIVE_CONTINUATIONS = (b"To enable the following instructions:",)
+_SEVERITIES = b"IWEF"
+
+
+def tf_min_log_level() -> int:
+    """``TF_CPP_MIN_LOG_LEVEL`` as TensorFlow reads it: 0 shows all, 1 no INFO, 2 no WARNING, 3 no ERROR."""
+    try:
+        return max(0, min(3, int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))))
+    except ValueError:
+        return 0
+
+
+class _NativeLogFilter:
+    """Line filter for what native code writes to fd 2: records below ``level`` are dropped
+    (with absl's preamble and their known continuation lines); every other line is kept."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self._pending = b""
+        self._dropping = False
+
+    def _keep(self, line: bytes) -> bool:
+        if line.rstrip(b"\r\n") == ABSL_PREAMBLE:
+            return self.level == 0
+        match = NATIVE_RECORD.match(line)
+        if match:
+            severity = (match.group(1) or match.group(2))[0]
+            self._dropping = _SEVERITIES.index(severity) < self.level
+            return not self._dropping
+        if self._dropping and line.startswith(NATIVE_CONTINUATIONS):
+            return False
+        self._dropping = False
+        return True
+
+    def feed(self, data: bytes) -> bytes:
+        """The complete lines of ``pending + data`` that are kept (a partial line waits)."""
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        return b"".join(line + b"\n" for line in lines if self._keep(line + b"\n"))
+
+    def close(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest if rest and self._keep(rest) else b""
+
+
+@contextlib.contextmanager
+def native_log_filtered(level: int) -> Iterator[None]:
+    """While the block runs, fd 2 goes through a pipe whose reader drops native log records
+    below ``level`` and passes everything else on to the real stderr as it comes.
+
+    For C++ libraries that log before they read their log-level setting. Output is forwarded
+    line by line while the block runs, so a crash inside it still leaves its message; a
+    process the block starts that keeps the pipe open is read until it closes it.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to filter
+        yield
+        return
+    read_end, write_end = os.pipe()
+    native = _NativeLogFilter(level)
+
+    def write(data: bytes) -> None:
+        with contextlib.suppress(OSError):  # a closed stderr: keep reading, as writing there would
+            while data:
+                data = data[os.write(saved, data) :]
+
+    def forward() -> None:
+        # closes the two ends it owns only at the pipe's end, after the block gave fd 2 back
+        try:
+            while chunk := os.read(read_end, 65536):
+                write(native.feed(chunk))
+            write(native.close())
+        finally:
+            os.close(read_end)
+            os.close(saved)
+
+    reader = threading.Thread(target=forward, name="native-log-filter", daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer was fd 2: the reader sees its end
+        reader.join(timeout=5)
+
+
+def import_tensorflow() -> Any:
+    """``import tensorflow``, with its import-time C++ log held to ``TF_CPP_MIN_LOG_LEVEL``.
+
+    TensorFlow 2.19 and later log through absl while their libraries load, before the
+    variable is read: on a CPU with oneDNN's fast paths (AVX-512) every import printed absl's
+    preamble and an INFO line about oneDNN, twice, past ``TF_CPP_MIN_LOG_LEVEL=3``. Those
+    lines are dropped when the variable asks for it; anything else on stderr passes.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    level = tf_min_log_level()
+    if level == 0:
+        import tensorflow
+    else:
+        with native_log_filtered(level):
+            import tensorflow
+    return tensorflow

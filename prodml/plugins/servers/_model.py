@@ -41,6 +41,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 
+from prodml.core.logs import import_tensorflow
 from prodml.plugins.servers._requests import InputSpec, Parsed, RequestRejected, V2Input, parse_v1, parse_v2
 
 log = logging.getLogger("prodml.server")
@@ -114,7 +115,7 @@ class BundleModel(Model):
             return True
 
     def _load(self) -> None:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         _limit_tf_threads(tf)
         # load_bundle verifies the manifest before any byte of the model is deserialised

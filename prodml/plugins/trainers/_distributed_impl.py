@@ -19,11 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from prodml.core.errors import TrainingError
+from prodml.plugins.trainers._tf import keras, tf
 
 if TYPE_CHECKING:
     from prodml.plugins.trainers.keras import KerasTrainerConfig

@@ -26,12 +26,7 @@ from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any
 
-# TensorFlow's C++ start-up chatter (CPU features, oneDNN) is noise for our users.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras
 import numpy as np
-import tensorflow as tf
 
 import prodml
 from prodml.core.bundle import (
@@ -46,6 +41,7 @@ from prodml.core.bundle import (
 )
 from prodml.core.errors import BundleError, DataError, TrainingError
 from prodml.core.interfaces import TrainResult, TrainSpec
+from prodml.plugins.trainers._tf import keras, tf
 from prodml.plugins.trainers.keras import DEFAULT_FUNCTIONS, KerasTrainerConfig, ModelSpec, split_rows
 
 if TYPE_CHECKING:
