@@ -19,7 +19,7 @@ import logging
 import os
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -63,29 +63,9 @@ def compile_pipeline(config: ProdmlConfig, output: Path, *, check: bool = True) 
 
 
 @contextmanager
-def _step_secrets(config: ProdmlConfig) -> Iterator[None]:
-    """Hand the config's secrets to kfp.local's step subprocesses through their environment."""
-    from prodml.runner._step import SECRETS_ENV, secret_items
-
-    items = [(path, value) for path, value in secret_items(config) if path[:1] != ["runner"]]
-    previous = os.environ.get(SECRETS_ENV)
-    if items:
-        os.environ[SECRETS_ENV] = json.dumps(items)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(SECRETS_ENV, None)
-        else:
-            os.environ[SECRETS_ENV] = previous
-
-
-@contextmanager
-def _step_environment(gated_file: Path, force_promote: bool) -> Iterator[None]:
-    """Tell kfp.local's export step where to record a gate's "no", and ``--force-promote``."""
-    from prodml.runner._step import FORCE_PROMOTE_ENV, GATED_FILE_ENV
-
-    values = {GATED_FILE_ENV: str(gated_file), FORCE_PROMOTE_ENV: "1" if force_promote else ""}
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set ``values`` in this process's environment (kfp.local's step subprocesses inherit
+    it) for the block; each variable gets its earlier value, or none, back afterwards."""
     previous = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:
@@ -96,6 +76,21 @@ def _step_environment(gated_file: Path, force_promote: bool) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _step_secrets(config: ProdmlConfig) -> AbstractContextManager[None]:
+    """Hand the config's secrets to kfp.local's step subprocesses through their environment."""
+    from prodml.runner._step import SECRETS_ENV, secret_items
+
+    items = [(path, value) for path, value in secret_items(config) if path[:1] != ["runner"]]
+    return _environ({SECRETS_ENV: json.dumps(items)} if items else {})
+
+
+def _step_environment(gated_file: Path, force_promote: bool) -> AbstractContextManager[None]:
+    """Tell kfp.local's export step where to record a gate's "no", and ``--force-promote``."""
+    from prodml.runner._step import FORCE_PROMOTE_ENV, GATED_FILE_ENV
+
+    return _environ({GATED_FILE_ENV: str(gated_file), FORCE_PROMOTE_ENV: "1" if force_promote else ""})
 
 
 def _task_outputs(run_root: Path) -> dict[str, dict[str, Any]]:
