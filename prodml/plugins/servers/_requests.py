@@ -427,10 +427,6 @@ class V2Request:
         return bool((self.parameters or {}).get("binary_data_output", False))
 
 
-#: the spellings of FP16 the full path refuses as JSON (it compares ``datatype.upper()``)
-_FP16 = frozenset({"FP16", "fp16", "Fp16", "fP16"})
-
-
 def _structure(message: str) -> RequestRejected:
     # 422, as KServe's pydantic validation answers a body that is not an inference request
     return RequestRejected(422, message)
@@ -501,7 +497,7 @@ def _v2_item(item: Any, i: int, raw: bytes, offset: int) -> tuple[V2Input, int]:
             and type(datatype) is str
             and type(data) is list
             and type(shape) is list
-            and datatype not in _FP16
+            and datatype.upper() != "FP16"  # refused as JSON by the full path
             and (
                 (len(shape) == 1 and type(shape[0]) is int)  # the usual [rows]
                 or all(type(d) is int for d in shape)
