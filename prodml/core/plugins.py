@@ -202,7 +202,7 @@ def module_available(name: str) -> bool:
     return spec is not None
 
 
-def _entry_point_files() -> Iterator[tuple[str, str]] | None:
+def _entry_point_files() -> list[tuple[str, str]] | None:
     """(metadata folder, entry_points.txt text) of each distribution on ``sys.path``, in path
     order; None when a zip file is on ``sys.path`` (only ``importlib.metadata`` reads those)."""
     files: list[tuple[str, str]] = []
@@ -221,7 +221,7 @@ def _entry_point_files() -> Iterator[tuple[str, str]] | None:
                     files.append((item.path, fh.read()))
             except OSError:
                 continue
-    return iter(files)
+    return files
 
 
 def skip_pydantic_plugin_scan() -> None:
@@ -230,9 +230,10 @@ def skip_pydantic_plugin_scan() -> None:
     pydantic looks up its ``pydantic`` entry-point group through ``importlib.metadata`` when
     the first model is built: a read of every installed distribution's metadata, a good part
     of `prodml validate`'s start-up in an environment with TensorFlow, Feast and KServe. When
-    the metadata folders (read here anyway, for prodml's own group) declare no such entry
-    point, ``PYDANTIC_DISABLE_PLUGINS=__all__`` changes nothing but that lookup. A value the
-    user set is left alone, and so is anything unusual (a zip file on ``sys.path``).
+    the entry_points.txt files (the scan prodml's own group uses, about 1 ms; it runs again
+    when the registry loads, since a cache could miss a plugin installed meanwhile) declare no
+    such entry point, ``PYDANTIC_DISABLE_PLUGINS=__all__`` changes nothing but that lookup. A
+    value the user set is left alone, and so is anything unusual (a zip file on ``sys.path``).
     """
     if "PYDANTIC_DISABLE_PLUGINS" in os.environ:
         return
